@@ -1,0 +1,3 @@
+"""litellm-stream-metrics aggregator: consumes the event stream and keeps exact, durable metrics."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,399 @@
+"""The bounded buffer and its background writer.
+
+``offer()`` is the only thing the request path touches: it appends already-encoded bytes to an
+in-memory deque under a short lock and returns. It never waits on Redis and never raises.
+
+A daemon thread (started lazily, restarted after ``fork``) takes batches from the buffer and
+writes them with one pipelined round trip: ``XADD`` per batch plus the producer's counters.
+A batch keeps its sequence number until Redis confirms it, so a write whose reply was lost is
+retried with the same ``(producer, seq)`` and the aggregator recognises the duplicate.
+
+Drop policy: when the buffer is full (by events or by bytes) the *new* event is refused and
+counted under ``buffer_full_events`` / ``buffer_full_bytes``; what is already buffered is kept
+in order. Events still buffered when the shutdown deadline passes are counted as ``shutdown``.
+Every event is either sent, still buffered, or counted as dropped under exactly one reason.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from producer import __version__
+from producer.keys import Keys
+from producer.settings import ProducerSettings
+from producer.wire import encode_entry
+
+log = logging.getLogger("litellm_stream_metrics.producer")
+
+DROP_REASONS = (
+    "buffer_full_events",
+    "buffer_full_bytes",
+    "event_too_large",
+    "extract_error",
+    "shutdown",
+)
+# How long a producer's counters survive in Redis after its last report.
+STATS_TTL_SECONDS = 7 * 24 * 3600
+
+
+def new_producer_id() -> str:
+    host = socket.gethostname().replace(":", "_")[:64] or "host"
+    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Batch:
+    seq: int
+    events: list[bytes]
+    nbytes: int
+    built_at: float
+
+
+@dataclass
+class ProducerCounters:
+    """Counters since this producer instance started. Guarded by the emitter lock."""
+
+    accepted: int = 0
+    sent: int = 0
+    skipped: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    entries_sent: int = 0
+    flushes: int = 0
+    flush_errors: int = 0
+    flush_seconds_sum: float = 0.0
+    flush_seconds_max: float = 0.0
+    last_error: str = ""
+
+
+def create_client(settings: ProducerSettings) -> redis.Redis:
+    """A client with explicit timeouts and *no* automatic retries.
+
+    redis-py 8 defaults to a 5 s socket timeout and several retries that may resend a write;
+    the emitter owns retrying (with the same sequence number) and backoff instead.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+        health_check_interval=0,
+        single_connection_client=False,
+    )
+
+
+class Emitter:
+    """Bounded, thread-safe event buffer with a background Redis writer."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        client_factory: Callable[[ProducerSettings], redis.Redis] = create_client,
+    ) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace, settings.shards)
+        self._client_factory = client_factory
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._init_state()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+        atexit.register(self._atexit)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        self.producer_id = new_producer_id()
+        self.stream = self.keys.stream(self.keys.shard_for_producer(self.producer_id))
+        self.started_at = time.time()
+        self.counters = ProducerCounters()
+        self._buffer: deque[bytes] = deque()
+        self._buffer_bytes = 0
+        self._inflight: list[_Batch] = []
+        self._inflight_events = 0
+        self._inflight_bytes = 0
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._stop.clear()
+        self._wake.clear()
+
+    def _after_fork(self) -> None:
+        # The writer thread does not survive fork; the child is a new producer with an empty buffer.
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._init_state()
+
+    # -- hot path ------------------------------------------------------------------------------
+
+    def offer(self, data: bytes) -> bool:
+        """Buffer one encoded event. Returns False (and counts why) when it is dropped."""
+        n = len(data)
+        s = self.settings
+        with self._lock:
+            c = self.counters
+            if self._closed:
+                c.dropped["shutdown"] += 1
+                return False
+            if n > s.max_event_bytes:
+                c.dropped["event_too_large"] += 1
+                return False
+            buffered = len(self._buffer)
+            if buffered + self._inflight_events >= s.buffer_max_events:
+                c.dropped["buffer_full_events"] += 1
+                return False
+            if self._buffer_bytes + self._inflight_bytes + n > s.buffer_max_bytes:
+                c.dropped["buffer_full_bytes"] += 1
+                return False
+            self._buffer.append(data)
+            self._buffer_bytes += n
+            c.accepted += 1
+            if self._thread is None:
+                self._start_locked()
+            elif buffered + 1 == s.batch_max_events:
+                self._wake.set()
+        return True
+
+    def count_dropped(self, reason: str) -> None:
+        with self._lock:
+            self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + 1
+
+    def count_skipped(self) -> None:
+        """An event LiteLLM's own logger would not record either (e.g. an invalid-key request)."""
+        with self._lock:
+            self.counters.skipped += 1
+
+    # -- writer thread -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._start_locked()
+
+    def _start_locked(self) -> None:
+        t = threading.Thread(target=self._run, name="lsm-producer-writer", daemon=True)
+        self._thread = t
+        t.start()
+
+    def _take_batch_locked(self) -> _Batch | None:
+        if not self._buffer:
+            return None
+        s = self.settings
+        events: list[bytes] = []
+        nbytes = 0
+        buf = self._buffer
+        while buf and len(events) < s.batch_max_events:
+            nxt = len(buf[0])
+            if events and nbytes + nxt + 1 > s.batch_max_bytes:
+                break
+            events.append(buf.popleft())
+            nbytes += nxt + 1
+        self._buffer_bytes -= nbytes - len(events)
+        self._seq += 1
+        batch = _Batch(self._seq, events, nbytes - len(events), time.time())
+        self._inflight.append(batch)
+        self._inflight_events += len(events)
+        self._inflight_bytes += batch.nbytes
+        return batch
+
+    def _collect_locked(self, max_batches: int) -> list[_Batch]:
+        while len(self._inflight) < max_batches:
+            if self._take_batch_locked() is None:
+                break
+        return list(self._inflight)
+
+    def _run(self) -> None:
+        client: redis.Redis | None = None
+        attempt = 0
+        next_stats = 0.0
+        s = self.settings
+        while True:
+            stopping = self._stop.is_set()
+            if not stopping:
+                with self._lock:
+                    pending = len(self._buffer) + len(self._inflight)
+                timeout = s.flush_interval if pending else min(s.stats_interval, 1.0)
+                self._wake.wait(timeout)
+                self._wake.clear()
+            with self._lock:
+                batches = self._collect_locked(max_batches=8)
+            now = time.time()
+            if not batches and now < next_stats and not stopping:
+                continue
+            if not batches and stopping:
+                # Final report so the aggregator side sees the last counters.
+                try:
+                    client = client or self._client_factory(s)
+                    self._write(client, [])
+                except Exception:
+                    pass
+                return
+            try:
+                client = client or self._client_factory(s)
+                t0 = time.perf_counter()
+                self._write(client, batches)
+                elapsed = time.perf_counter() - t0
+                attempt = 0
+                next_stats = now + s.stats_interval
+                self._complete(batches, elapsed)
+            except Exception as exc:  # Redis down, slow, or replying garbage: keep the batch.
+                attempt += 1
+                self._record_error(exc)
+                if client is not None:
+                    try:
+                        client.connection_pool.disconnect()
+                    except Exception:
+                        pass
+                delay = random.uniform(0, min(s.backoff_max, s.backoff_base * (2 ** min(attempt, 30))))
+                if self._stop.is_set():
+                    if time.monotonic() >= self._deadline:
+                        self._drop_remaining()
+                        return
+                    delay = min(delay, max(0.0, self._deadline - time.monotonic()))
+                    time.sleep(delay)
+                else:
+                    self._stop.wait(delay)
+
+    def _write(self, client: redis.Redis, batches: list[_Batch]) -> None:
+        s = self.settings
+        pipe = client.pipeline(transaction=False)
+        for b in batches:
+            fields = encode_entry(self.producer_id, b.seq, b.events, b.built_at, s.compress_min_bytes)
+            if s.stream_maxlen:
+                pipe.xadd(self.stream, fields, maxlen=s.stream_maxlen, approximate=True)  # type: ignore[arg-type]
+            else:
+                pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
+        sent_events = sum(len(b.events) for b in batches)
+        stats_key = self.keys.producer_stats(self.producer_id)
+        pipe.hset(stats_key, mapping=self._stats_mapping(extra_sent=sent_events, extra_entries=len(batches)))
+        pipe.expire(stats_key, STATS_TTL_SECONDS)
+        pipe.zadd(self.keys.producer_registry(), {self.producer_id: time.time()})
+        pipe.execute()
+
+    def _complete(self, batches: list[_Batch], elapsed: float) -> None:
+        with self._lock:
+            c = self.counters
+            done = {id(b) for b in batches}
+            self._inflight = [b for b in self._inflight if id(b) not in done]
+            for b in batches:
+                c.sent += len(b.events)
+                c.entries_sent += 1
+                self._inflight_events -= len(b.events)
+                self._inflight_bytes -= b.nbytes
+            if batches:
+                c.flushes += 1
+                c.flush_seconds_sum += elapsed
+                c.flush_seconds_max = max(c.flush_seconds_max, elapsed)
+
+    def _record_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self.counters.flush_errors += 1
+            self.counters.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            errors = self.counters.flush_errors
+        # Log the first error and then every 100th, so a long outage does not flood the proxy log.
+        if errors == 1 or errors % 100 == 0:
+            log.warning("litellm-stream-metrics: cannot write to Redis (%s errors so far): %s", errors, exc)
+
+    def _drop_remaining(self) -> None:
+        with self._lock:
+            lost = len(self._buffer) + self._inflight_events
+            self.counters.dropped["shutdown"] += lost
+            self._buffer.clear()
+            self._buffer_bytes = 0
+            self._inflight = []
+            self._inflight_events = 0
+            self._inflight_bytes = 0
+        if lost:
+            log.warning("litellm-stream-metrics: shutdown deadline passed, %s events dropped", lost)
+
+    def _stats_mapping(self, extra_sent: int = 0, extra_entries: int = 0) -> dict[str, Any]:
+        """Counters as written to Redis. ``extra_*`` count the batches of the write in progress:
+        the hash is written by the same pipeline that carries them, so it already includes them."""
+        with self._lock:
+            c = self.counters
+            m: dict[str, Any] = {
+                "producer_id": self.producer_id,
+                "version": __version__,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "stream": self.stream,
+                "started_at": self.started_at,
+                "updated_at": time.time(),
+                "events_accepted": c.accepted,
+                "events_sent": c.sent + extra_sent,
+                "events_skipped": c.skipped,
+                "entries_sent": c.entries_sent + extra_entries,
+                "last_seq": self._seq,
+                "flushes": c.flushes,
+                "flush_errors": c.flush_errors,
+                "flush_seconds_sum": c.flush_seconds_sum,
+                "flush_seconds_max": c.flush_seconds_max,
+                "buffer_events": len(self._buffer) + self._inflight_events - extra_sent,
+                "buffer_bytes": self._buffer_bytes + self._inflight_bytes,
+                "last_error": c.last_error,
+            }
+            for reason, n in c.dropped.items():
+                m[f"events_dropped_{reason}"] = n
+        return m
+
+    # -- introspection and shutdown ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as a plain dict (what ``_stats_mapping`` would write now)."""
+        return self._stats_mapping()
+
+    def buffered(self) -> int:
+        with self._lock:
+            return len(self._buffer) + self._inflight_events
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush what is buffered and stop, giving up after ``timeout`` (default: the
+        configured shutdown timeout). Returns True when everything was sent."""
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        with self._lock:
+            if self._closed and self._thread is None:
+                return self.buffered_unlocked() == 0
+            self._closed = True
+            thread = self._thread
+            self._deadline = time.monotonic() + timeout
+            if thread is None and (self._buffer or self._inflight):
+                self._start_locked()
+                thread = self._thread
+        self._stop.set()
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout + 0.5)
+            if thread.is_alive():
+                self._drop_remaining()
+        with self._lock:
+            self._thread = None
+            return self.buffered_unlocked() == 0
+
+    def buffered_unlocked(self) -> int:
+        return len(self._buffer) + self._inflight_events
+
+    def _atexit(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    _deadline: float = 0.0

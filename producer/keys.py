@@ -1,0 +1,56 @@
+"""Redis key names shared by the producer and the aggregator.
+
+Every key starts with the configured namespace. A shard's keys share one hash tag (``{s0}``,
+``{s1}``, ...) so that its stream and its metric state live in one Redis Cluster slot and can
+be changed atomically by one server-side script.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def validate_namespace(namespace: str) -> str:
+    """Return ``namespace`` or raise ``ValueError`` naming what is allowed."""
+    if not _NAMESPACE_RE.match(namespace):
+        raise ValueError(
+            f"invalid namespace {namespace!r}: use 1-64 characters from A-Z a-z 0-9 _ . - "
+            "(no braces, colons or spaces; the namespace prefixes every Redis key)"
+        )
+    return namespace
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one namespace."""
+
+    namespace: str
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+        if self.shards < 1 or self.shards > 1024:
+            raise ValueError(f"shards must be between 1 and 1024, got {self.shards}")
+
+    def shard_tag(self, shard: int) -> str:
+        return f"{{s{shard}}}"
+
+    def stream(self, shard: int) -> str:
+        """The event stream of ``shard``."""
+        return f"{self.namespace}:{self.shard_tag(shard)}:events"
+
+    def shard_for_producer(self, producer_id: str) -> int:
+        """The shard a producer writes to: fixed per producer, so its entries stay ordered."""
+        return zlib.crc32(producer_id.encode()) % self.shards
+
+    def producer_stats(self, producer_id: str) -> str:
+        """Hash of one producer's counters (absolute values, rewritten on every flush)."""
+        return f"{self.namespace}:producer:{producer_id}"
+
+    def producer_registry(self) -> str:
+        """Sorted set of producer ids scored by the time of their last report."""
+        return f"{self.namespace}:producers"

@@ -1,0 +1,116 @@
+"""Producer settings, read from environment variables (``LSM_*``).
+
+The producer runs inside the LiteLLM proxy, so it reads no files of its own and depends on
+nothing heavier than the standard library for its configuration. An invalid value fails at
+proxy start with a message that names the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from producer.keys import validate_namespace
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ProducerConfigError(ValueError):
+    """A producer setting has an invalid value."""
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    """Everything the producer can be told. Durations are in seconds."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = "lsm"
+    shards: int = 1
+    # Buffer bounds: an event that would exceed either is dropped (reason buffer_full_*).
+    buffer_max_events: int = 100_000
+    buffer_max_bytes: int = 64 * 1024 * 1024
+    max_event_bytes: int = 256 * 1024
+    # One stream entry carries at most this many events / bytes (before compression).
+    batch_max_events: int = 500
+    batch_max_bytes: int = 1024 * 1024
+    flush_interval: float = 0.1
+    connect_timeout: float = 1.0
+    socket_timeout: float = 2.0
+    backoff_base: float = 0.05
+    backoff_max: float = 5.0
+    shutdown_timeout: float = 5.0
+    stats_interval: float = 5.0
+    # 0 disables the cap. With a cap, Redis may trim entries the aggregator has not read yet;
+    # the aggregator detects the gap through the per-producer sequence numbers.
+    stream_maxlen: int = 0
+    # Entries whose JSON is at least this long are zlib-compressed; 0 disables compression.
+    compress_min_bytes: int = 8192
+
+    def __post_init__(self) -> None:
+        try:
+            validate_namespace(self.namespace)
+        except ValueError as exc:
+            raise ProducerConfigError(f"LSM_NAMESPACE: {exc}") from exc
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ProducerConfigError(
+                f"LSM_REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
+            )
+        positive = (
+            "shards",
+            "buffer_max_events",
+            "buffer_max_bytes",
+            "max_event_bytes",
+            "batch_max_events",
+            "batch_max_bytes",
+            "flush_interval",
+            "connect_timeout",
+            "socket_timeout",
+            "backoff_base",
+            "backoff_max",
+            "shutdown_timeout",
+            "stats_interval",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ProducerConfigError(f"{_env_name(name)} must be > 0, got {getattr(self, name)!r}")
+        for name in ("stream_maxlen", "compress_min_bytes"):
+            if getattr(self, name) < 0:
+                raise ProducerConfigError(f"{_env_name(name)} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_event_bytes > self.batch_max_bytes:
+            raise ProducerConfigError(
+                f"LSM_MAX_EVENT_BYTES ({self.max_event_bytes}) must not exceed "
+                f"LSM_BATCH_MAX_BYTES ({self.batch_max_bytes})"
+            )
+        if self.backoff_base > self.backoff_max:
+            raise ProducerConfigError("LSM_BACKOFF_BASE must not exceed LSM_BACKOFF_MAX")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerSettings:
+        """Read ``LSM_<FIELD>`` variables (``LSM_REDIS_URL`` falls back to ``REDIS_URL``)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(_env_name(f.name))
+            if raw is None and f.name == "redis_url":
+                raw = env.get("REDIS_URL")
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw.strip())
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _env_name(field_name: str) -> str:
+    return "LSM_" + field_name.upper()
+
+
+def _parse(name: str, type_name: object, raw: str) -> object:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ProducerConfigError(f"{_env_name(name)}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,198 @@
+"""The wire format: how events travel from the producer to the aggregator.
+
+One Redis stream entry carries a batch of events. Its fields (all values are bytes):
+
+=====  ===============================================================================
+``v``  envelope version ``MAJOR.MINOR``. A reader rejects an unknown MAJOR; a higher MINOR
+       only adds optional fields and is read as usual.
+``p``  producer instance id (unique per producer process start)
+``s``  per-producer sequence number of this entry (1, 2, ...). A retried write reuses it,
+       so ``(p, s)`` identifies a duplicate.
+``n``  number of events in ``d``
+``c``  codec of ``d``: ``json`` (a JSON array of event objects) or ``zjson`` (the same,
+       zlib-compressed)
+``d``  the events
+``t``  producer wall-clock time when the entry was first built (seconds since the epoch)
+=====  ===============================================================================
+
+Each event is a JSON object with ``kind`` and ``t`` (event time, seconds since the epoch) and
+the fields listed for its kind in ``docs/wire-format.md``. Absent optional fields mean ``None``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+WIRE_MAJOR = 1
+WIRE_MINOR = 0
+WIRE_VERSION = f"{WIRE_MAJOR}.{WIRE_MINOR}"
+
+CODEC_JSON = "json"
+CODEC_ZLIB_JSON = "zjson"
+
+# Stream entry field names.
+F_VERSION = "v"
+F_PRODUCER = "p"
+F_SEQ = "s"
+F_COUNT = "n"
+F_CODEC = "c"
+F_DATA = "d"
+F_BUILT_AT = "t"
+
+# Event kinds (the ``kind`` field of an event).
+SUCCESS = "success"
+FAILURE = "failure"
+POST_CALL_FAILURE = "post_call_failure"
+FALLBACK_SUCCESS = "fallback_success"
+FALLBACK_FAILURE = "fallback_failure"
+DEPLOYMENT_STATE = "deployment_state"
+DEPLOYMENT_COOLED_DOWN = "deployment_cooled_down"
+PROVIDER_BUDGET = "provider_budget"
+CALLBACK_FAILURE = "callback_failure"
+GUARDRAIL = "guardrail"
+TEAM_MEMBERS = "team_members"
+SPEND_CAPTURE_RATE = "spend_capture_rate"
+MANAGED_BATCH_CREATED = "managed_batch_created"
+MANAGED_FILE_CREATED = "managed_file_created"
+MANAGED_FILE_DELETED = "managed_file_deleted"
+MANAGED_FILE_SIZE = "managed_file_size"
+MANAGED_BATCH_DURATION = "managed_batch_duration"
+CHECK_BATCH_COST_RUN = "check_batch_cost_run"
+CHECK_BATCH_COST_ERROR = "check_batch_cost_error"
+
+EVENT_KINDS = frozenset(
+    {
+        SUCCESS,
+        FAILURE,
+        POST_CALL_FAILURE,
+        FALLBACK_SUCCESS,
+        FALLBACK_FAILURE,
+        DEPLOYMENT_STATE,
+        DEPLOYMENT_COOLED_DOWN,
+        PROVIDER_BUDGET,
+        CALLBACK_FAILURE,
+        GUARDRAIL,
+        TEAM_MEMBERS,
+        SPEND_CAPTURE_RATE,
+        MANAGED_BATCH_CREATED,
+        MANAGED_FILE_CREATED,
+        MANAGED_FILE_DELETED,
+        MANAGED_FILE_SIZE,
+        MANAGED_BATCH_DURATION,
+        CHECK_BATCH_COST_RUN,
+        CHECK_BATCH_COST_ERROR,
+    }
+)
+
+
+class WireError(ValueError):
+    """An entry that cannot be read. ``reason`` is a short stable code for dead-lettering."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _default(value: object) -> object:
+    # Anything orjson cannot serialise natively (Decimal, enums, custom objects) becomes text;
+    # an event must never fail to encode because a label value has an odd type.
+    return str(value)
+
+
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """Serialise one event. Non-string keys and exotic values are stringified, never rejected."""
+    return orjson.dumps(event, default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def encode_entry(
+    producer_id: str,
+    seq: int,
+    events: Sequence[bytes],
+    built_at: float,
+    compress_min_bytes: int = 0,
+) -> dict[str, bytes]:
+    """Build the fields of one stream entry from already-encoded events."""
+    data = b"[" + b",".join(events) + b"]"
+    codec = CODEC_JSON
+    if compress_min_bytes and len(data) >= compress_min_bytes:
+        data = zlib.compress(data, 1)
+        codec = CODEC_ZLIB_JSON
+    return {
+        F_VERSION: WIRE_VERSION.encode(),
+        F_PRODUCER: producer_id.encode(),
+        F_SEQ: str(seq).encode(),
+        F_COUNT: str(len(events)).encode(),
+        F_CODEC: codec.encode(),
+        F_DATA: data,
+        F_BUILT_AT: repr(built_at).encode(),
+    }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A decoded stream entry."""
+
+    major: int
+    minor: int
+    producer_id: str
+    seq: int
+    built_at: float
+    events: list[dict[str, Any]]
+
+
+def _field(fields: Mapping[bytes, bytes], name: str) -> bytes:
+    value = fields.get(name.encode())
+    if value is None:
+        raise WireError("missing_field", f"entry has no {name!r} field")
+    return value
+
+
+def parse_version(raw: bytes) -> tuple[int, int]:
+    try:
+        major_s, _, minor_s = raw.decode().partition(".")
+        return int(major_s), int(minor_s or "0")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError("bad_version", f"unreadable version {raw[:32]!r}") from exc
+
+
+def decode_entry(fields: Mapping[bytes, bytes], max_decoded_bytes: int = 64 * 1024 * 1024) -> Entry:
+    """Decode a stream entry, raising ``WireError`` for anything that cannot be applied."""
+    major, minor = parse_version(_field(fields, F_VERSION))
+    if major != WIRE_MAJOR:
+        raise WireError("unknown_major", f"wire version {major}.{minor}; this reader knows {WIRE_MAJOR}.x")
+    try:
+        producer_id = _field(fields, F_PRODUCER).decode()
+        seq = int(_field(fields, F_SEQ))
+        count = int(_field(fields, F_COUNT))
+        built_at = float(fields.get(F_BUILT_AT.encode(), b"0"))
+        codec = _field(fields, F_CODEC).decode()
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError("bad_header", str(exc)) from exc
+    if seq < 1:
+        raise WireError("bad_header", f"sequence must be >= 1, got {seq}")
+    data = _field(fields, F_DATA)
+    if codec == CODEC_ZLIB_JSON:
+        try:
+            decompressor = zlib.decompressobj()
+            data = decompressor.decompress(data, max_decoded_bytes)
+            if decompressor.unconsumed_tail:
+                raise WireError("too_large", f"decoded entry exceeds {max_decoded_bytes} bytes")
+        except zlib.error as exc:
+            raise WireError("undecodable", f"zlib: {exc}") from exc
+    elif codec != CODEC_JSON:
+        raise WireError("unknown_codec", f"codec {codec!r}")
+    try:
+        events = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise WireError("undecodable", f"json: {exc}") from exc
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise WireError("invalid", "payload is not a list of event objects")
+    if len(events) != count:
+        raise WireError("count_mismatch", f"header says {count} events, payload has {len(events)}")
+    return Entry(major, minor, producer_id, seq, built_at, events)
