@@ -10,13 +10,15 @@ retried with the same ``(producer, seq)`` and the aggregator recognises the dupl
 
 Drop policy: when the buffer is full (by events or by bytes) the *new* event is refused and
 counted under ``buffer_full_events`` / ``buffer_full_bytes``; what is already buffered is kept
-in order. Events still buffered when the shutdown deadline passes are counted as ``shutdown``.
+in order. Events still buffered when the shutdown deadline passes are counted as ``shutdown``;
+events offered after ``close()`` as ``closed``.
 Every event is either sent, still buffered, or counted as dropped under exactly one reason.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import random
@@ -27,7 +29,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
@@ -43,6 +44,7 @@ DROP_REASONS = (
     "buffer_full_bytes",
     "event_too_large",
     "extract_error",
+    "closed",
     "shutdown",
 )
 # How long a producer's counters survive in Redis after its last report.
@@ -151,7 +153,7 @@ class Emitter:
         with self._lock:
             c = self.counters
             if self._closed:
-                c.dropped["shutdown"] += 1
+                c.dropped["closed"] += 1
                 return False
             if n > s.max_event_bytes:
                 c.dropped["event_too_large"] += 1
@@ -258,10 +260,8 @@ class Emitter:
                 attempt += 1
                 self._record_error(exc)
                 if client is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         client.connection_pool.disconnect()
-                    except Exception:
-                        pass
                 delay = random.uniform(0, min(s.backoff_max, s.backoff_base * (2 ** min(attempt, 30))))
                 if self._stop.is_set():
                     if time.monotonic() >= self._deadline:
@@ -283,7 +283,7 @@ class Emitter:
                 pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
         sent_events = sum(len(b.events) for b in batches)
         stats_key = self.keys.producer_stats(self.producer_id)
-        pipe.hset(stats_key, mapping=self._stats_mapping(extra_sent=sent_events, extra_entries=len(batches)))
+        pipe.hset(stats_key, mapping=self._stats_mapping(sent_events, len(batches)))  # type: ignore[arg-type]
         pipe.expire(stats_key, STATS_TTL_SECONDS)
         pipe.zadd(self.keys.producer_registry(), {self.producer_id: time.time()})
         pipe.execute()
@@ -324,12 +324,12 @@ class Emitter:
         if lost:
             log.warning("litellm-stream-metrics: shutdown deadline passed, %s events dropped", lost)
 
-    def _stats_mapping(self, extra_sent: int = 0, extra_entries: int = 0) -> dict[str, Any]:
+    def _stats_mapping(self, extra_sent: int = 0, extra_entries: int = 0) -> dict[str, str | int | float]:
         """Counters as written to Redis. ``extra_*`` count the batches of the write in progress:
         the hash is written by the same pipeline that carries them, so it already includes them."""
         with self._lock:
             c = self.counters
-            m: dict[str, Any] = {
+            m: dict[str, str | int | float] = {
                 "producer_id": self.producer_id,
                 "version": __version__,
                 "host": socket.gethostname(),
@@ -356,7 +356,7 @@ class Emitter:
 
     # -- introspection and shutdown ------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, str | int | float]:
         """The counters as a plain dict (what ``_stats_mapping`` would write now)."""
         return self._stats_mapping()
 
@@ -391,9 +391,7 @@ class Emitter:
         return len(self._buffer) + self._inflight_events
 
     def _atexit(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     _deadline: float = 0.0

