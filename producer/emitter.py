@@ -292,10 +292,15 @@ class Emitter:
         with self._lock:
             c = self.counters
             done = {id(b) for b in batches}
+            live = {id(b) for b in self._inflight}
             self._inflight = [b for b in self._inflight if id(b) not in done]
             for b in batches:
                 c.sent += len(b.events)
                 c.entries_sent += 1
+                if id(b) not in live:
+                    # close() gave up on this write and counted it as dropped; it landed after all.
+                    c.dropped["shutdown"] -= len(b.events)
+                    continue
                 self._inflight_events -= len(b.events)
                 self._inflight_bytes -= b.nbytes
             if batches:
@@ -372,6 +377,7 @@ class Emitter:
             if self._closed and self._thread is None:
                 return self.buffered_unlocked() == 0
             self._closed = True
+            shutdown_before = self.counters.dropped["shutdown"]
             thread = self._thread
             self._deadline = time.monotonic() + timeout
             if thread is None and (self._buffer or self._inflight):
@@ -385,7 +391,7 @@ class Emitter:
                 self._drop_remaining()
         with self._lock:
             self._thread = None
-            return self.buffered_unlocked() == 0
+            return self.buffered_unlocked() == 0 and self.counters.dropped["shutdown"] == shutdown_before
 
     def buffered_unlocked(self) -> int:
         return len(self._buffer) + self._inflight_events

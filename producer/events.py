@@ -26,7 +26,7 @@ from litellm.litellm_core_utils.core_helpers import (
     get_litellm_metadata_from_kwargs,
     get_metadata_variable_name_from_kwargs,
 )
-from litellm.litellm_core_utils.service_tier_utils import get_service_tier_from_standard_logging_payload
+from litellm.litellm_core_utils.service_tier_utils import KNOWN_REQUEST_SERVICE_TIERS as _KNOWN_SERVICE_TIERS
 
 from producer import wire
 
@@ -169,92 +169,65 @@ def exception_class(exc: object) -> str | None:
 
 # -- success ---------------------------------------------------------------------------------------
 
-
-def _usage_details(slp_metadata: Mapping[str, Any]) -> dict[str, float] | None:
-    usage = slp_metadata.get("usage_object")
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens_details") or {}
-    completion = usage.get("completion_tokens_details") or {}
-    prompt = prompt if isinstance(prompt, dict) else {}
-    completion = completion if isinstance(completion, dict) else {}
-    write_tokens = PrometheusLogger._resolve_cache_write_tokens(prompt)
-    read_provider, write_provider = PrometheusLogger._resolve_provider_cache_tokens(usage)
-    out: dict[str, float] = {}
-    for name, value in (
-        ("cached_tokens", prompt.get("cached_tokens")),
-        ("cache_creation_tokens", write_tokens),
-        ("input_audio_tokens", prompt.get("audio_tokens")),
-        ("reasoning_tokens", completion.get("reasoning_tokens")),
-        ("output_audio_tokens", completion.get("audio_tokens")),
-        ("video_seconds", usage.get("duration_seconds")),
-        ("images", usage.get("output_image_count")),
-        ("provider_cache_read_tokens", read_provider),
-        ("provider_cache_creation_tokens", write_provider),
-    ):
-        v = _positive(value)
-        if v is not None:
-            out[name] = v
-    return out or None
-
-
-def _guardrail_overhead(slp: Mapping[str, Any]) -> float:
-    try:
-        return float(PrometheusLogger._get_guardrail_overhead_seconds(slp))  # type: ignore[arg-type]
-    except Exception:
-        return 0.0
+# Request-metadata keys with the budget inputs the proxy carries (spec §4), shipped raw: which
+# of them are present decides whether auth's snapshot was carried, so presence is kept.
+BUDGET_KEYS = (
+    "user_api_key_spend",
+    "user_api_key_max_budget",
+    "user_api_key_budget_reset_at",
+    "user_api_key_team_spend",
+    "user_api_key_team_max_budget",
+    "user_api_key_team_table_max_budget",
+    "user_api_key_team_budget_reset_at",
+    "user_api_key_user_spend",
+    "user_api_key_user_max_budget",
+    "user_api_key_user_table_max_budget",
+    "user_api_key_user_budget_reset_at",
+    "user_api_key_user_alias",
+    "user_api_key_org_spend",
+    "user_api_key_org_max_budget",
+)
+# Response headers the metrics read (legacy ``x_ratelimit_*`` and the v3 limiter's ints).
+HEADER_KEYS = (
+    "x_ratelimit_remaining_requests",
+    "x_ratelimit_remaining_tokens",
+    "x-ratelimit-model_per_key-remaining-requests",
+    "x-ratelimit-model_per_key-remaining-tokens",
+    *(name for limit, remaining, _ in _V3_HEADER_NAMES for name in (limit, remaining)),
+)
+_HEADER_KEY_SET = frozenset(HEADER_KEYS)
+_EMPTY: Mapping[str, Any] = {}
 
 
-def _budgets(pmd: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
-    """Budget inputs the proxy carried on the request (spec §4). Spend excludes this request's
-    cost (the event's ``response_cost``); ``carried`` says whether auth's snapshot was present."""
-    out: dict[str, dict[str, Any]] = {}
-    if "user_api_key_spend" in pmd or "user_api_key_max_budget" in pmd or "user_api_key_budget_reset_at" in pmd:
-        key: dict[str, Any] = {
-            "spend": _number(pmd.get("user_api_key_spend")),
-            "max_budget": _number(pmd.get("user_api_key_max_budget")),
-            "carried": "user_api_key_budget_reset_at" in pmd,
-        }
-        _put(key, "reset_at", epoch(pmd.get("user_api_key_budget_reset_at")))
-        out["key"] = key
-    team_carried = "user_api_key_team_budget_reset_at" in pmd and "user_api_key_team_table_max_budget" in pmd
-    team_max = _number(pmd.get("user_api_key_team_max_budget"))
-    if team_max is None and team_carried:
-        team_max = _number(pmd.get("user_api_key_team_table_max_budget"))
-    team: dict[str, Any] = {
-        "spend": _number(pmd.get("user_api_key_team_spend")),
-        "max_budget": team_max,
-        "carried": team_carried,
-    }
-    if team_carried:
-        _put(team, "reset_at", epoch(pmd.get("user_api_key_team_budget_reset_at")))
-    out["team"] = team
-    user_carried = all(
-        k in pmd
-        for k in ("user_api_key_user_budget_reset_at", "user_api_key_user_table_max_budget", "user_api_key_user_alias")
-    )
-    user_max = _number(pmd.get("user_api_key_user_max_budget"))
-    if user_max is None and user_carried:
-        user_max = _number(pmd.get("user_api_key_user_table_max_budget"))
-    user: dict[str, Any] = {
-        "spend": _number(pmd.get("user_api_key_user_spend")),
-        "max_budget": user_max,
-        "carried": user_carried,
-    }
-    if user_carried:
-        _put(user, "reset_at", epoch(pmd.get("user_api_key_user_budget_reset_at")))
-        _put(user, "user_alias", pmd.get("user_api_key_user_alias"))
-    out["user"] = user
-    org_spend = _number(pmd.get("user_api_key_org_spend"))
-    if org_spend is not None and "user_api_key_org_max_budget" in pmd:
-        out["org"] = {"spend": org_spend, "max_budget": _number(pmd.get("user_api_key_org_max_budget"))}
-    return out
+def _service_tier(slp: Mapping[str, Any], usage: object) -> str | None:
+    """LiteLLM's ``get_service_tier_from_standard_logging_payload``, without its overhead:
+    the served tier (response, then usage), else a known requested tier."""
+    response = slp.get("response")
+    if type(response) is dict:
+        tier = response.get("service_tier")
+        if tier and isinstance(tier, str):
+            return tier
+    if type(usage) is dict:
+        tier = usage.get("service_tier")
+        if tier and isinstance(tier, str):
+            return tier
+    params = slp.get("model_parameters")
+    if type(params) is dict:
+        requested = params.get("service_tier")
+        if isinstance(requested, str) and requested in _KNOWN_SERVICE_TIERS:
+            return requested
+    return None
 
 
 def success_event(
     logger: Any, kwargs: Mapping[str, Any], response_obj: Any, start_time: Any, end_time: Any
 ) -> Event | None:
-    """The event for ``async_log_success_event``; None when LiteLLM's logger would skip it."""
+    """The event for ``async_log_success_event``; None when LiteLLM's logger would skip it.
+
+    This is the hot path of the whole product: one dict display, few calls. Pure derivations
+    (usage details, budget snapshots, rate-limit headers) ship raw and are resolved by the
+    aggregator.
+    """
     slp = kwargs.get("standard_logging_object")
     if not isinstance(slp, dict):
         return None
@@ -262,135 +235,120 @@ def success_event(
         kwargs=kwargs, standard_logging_payload=slp
     ):
         return None
-    md = slp.get("metadata") or {}
-    lp = kwargs.get("litellm_params") or {}
-    pmd = lp.get("metadata") or {}
+    md = slp.get("metadata") or _EMPTY
+    lp = kwargs.get("litellm_params") or _EMPTY
+    pmd = lp.get("metadata") or _EMPTY
+    lmd = lp.get("litellm_metadata") or _EMPTY
+    request_md = lmd or pmd  # LiteLLM's get_litellm_metadata_from_kwargs
+    hidden = slp.get("hidden_params") or _EMPTY
+    headers = hidden.get("additional_headers") if type(hidden) is dict else None
+    usage = md.get("usage_object")
+    key = md.get("user_api_key_hash")
+    if type(key) is str and (key[:3] == "sk-" or key[:7] == "Bearer "):
+        key = normalize_api_key(key)
     kend = kwargs.get("end_time") or end_time
-    model_group = slp.get("model_group")
+    kstart = kwargs.get("start_time")
+    api_start = kwargs.get("api_call_start_time")
+    stream_true = kwargs.get("stream", False) is True
+    is_dt = datetime.__instancecheck__
+    if not is_dt(kend):
+        kend = datetime.now()
+    latency: dict[str, float] = {}
+    if is_dt(kstart):
+        latency["total"] = (kend - kstart).total_seconds()
+    if is_dt(api_start):
+        latency["api"] = (kend - api_start).total_seconds()
+        if stream_true:
+            cst = kwargs.get("completion_start_time")
+            if is_dt(cst):
+                latency["ttft"] = (cst - api_start).total_seconds()
+    if is_dt(start_time) and is_dt(end_time):
+        # The basis of latency per output token uses the hook's positional times (spec §1.2).
+        basis = (end_time - start_time).total_seconds()
+        if stream_true:
+            cst = kwargs.get("completion_start_time", end_time)
+            if is_dt(cst):
+                basis = (cst - start_time).total_seconds() or basis
+        latency["per_token_basis"] = basis
+    queue = pmd.get("queue_time_seconds")
+    if queue is not None:
+        latency["queue"] = queue
+    model_info = request_md.get("model_info")
     ev: Event = {
         "kind": wire.SUCCESS,
-        "t": epoch(kend) or time.time(),
-        "hashed_api_key": normalize_api_key(md.get("user_api_key_hash")),
+        "t": kend.timestamp(),
+        "hashed_api_key": key,
         "api_key_alias": md.get("user_api_key_alias"),
         "team": md.get("user_api_key_team_id"),
         "team_alias": md.get("user_api_key_team_alias"),
         "user": md.get("user_api_key_user_id"),
         "user_email": md.get("user_api_key_user_email"),
+        "org_id": md.get("user_api_key_org_id"),
+        "org_alias": md.get("user_api_key_org_alias"),
+        "project_id": md.get("user_api_key_project_id"),
+        "project_alias": md.get("user_api_key_project_alias"),
+        "route": md.get("user_api_key_request_route"),
+        "client_ip": md.get("requester_ip_address"),
+        "user_agent": md.get("user_agent"),
         "model": kwargs.get("model", ""),
-        "model_group": model_group,
+        "model_group": slp.get("model_group"),
         "model_id": slp.get("model_id"),
         "api_base": slp.get("api_base"),
         "api_provider": slp.get("custom_llm_provider"),
+        "stream": slp.get("stream"),
+        "service_tier": _service_tier(slp, usage),
+        "cache_hit": slp.get("cache_hit"),
         "response_cost": slp.get("response_cost"),
         "total_tokens": slp.get("total_tokens"),
         "prompt_tokens": slp.get("prompt_tokens"),
         "completion_tokens": slp.get("completion_tokens"),
+        "latency": latency,
+        "usage": usage if type(usage) is dict else None,
+        # LiteLLM skips the deployment block when SLP lacks these keys (spec §5).
+        "has_deployment": "api_base" in slp and type(hidden) is dict and "additional_headers" in hidden,
+        "deployment_provider": lp.get("custom_llm_provider"),
+        "deployment_model_info": model_info if type(model_info) is dict else None,
+        "deployment_tpm": lp.get("tpm"),
+        "deployment_rpm": lp.get("rpm"),
+        "overhead_ms": hidden.get("litellm_overhead_time_ms") if type(hidden) is dict else None,
+        "headers": {k: v for k, v in headers.items() if k in _HEADER_KEY_SET} if type(headers) is dict else None,
+        "key_model_group": (lmd if "litellm_metadata" in kwargs else pmd).get("model_group"),
+        "budget": {k: pmd[k] for k in BUDGET_KEYS if k in pmd},
     }
-    # Optional label inputs: shipped only when present (absent means None).
-    for name, value in (
-        ("org_id", md.get("user_api_key_org_id")),
-        ("org_alias", md.get("user_api_key_org_alias")),
-        ("project_id", md.get("user_api_key_project_id")),
-        ("project_alias", md.get("user_api_key_project_alias")),
-        ("route", md.get("user_api_key_request_route")),
-        ("client_ip", md.get("requester_ip_address")),
-        ("user_agent", md.get("user_agent")),
-        ("stream", slp.get("stream")),
-        ("service_tier", get_service_tier_from_standard_logging_payload(slp)),  # type: ignore[arg-type]
-        ("cache_hit", slp.get("cache_hit")),
-    ):
-        if value is not None:
-            ev[name] = value
-    end_user = end_user_for_prometheus(
-        lp.get("user_api_key_end_user_id")
-        or get_litellm_metadata_from_kwargs({"litellm_params": lp}).get("user_api_key_end_user_id")
-    )
-    _put(ev, "end_user", end_user)
-    request_md = get_litellm_metadata_from_kwargs(kwargs)
-    original_model_group = pmd.get("original_model_group") or request_md.get("original_model_group")
-    if isinstance(original_model_group, str) and original_model_group and original_model_group != model_group:
-        ev["original_model_group"] = original_model_group
-    _put(ev, "custom_labels", _custom_labels(slp))
-    _put(ev, "tag_labels", _tag_labels(slp.get("request_tags") or []))
+    key_model_group = ev["key_model_group"]
+    for rtype in ("requests", "tokens"):
+        remaining = pmd.get(f"litellm-key-remaining-{rtype}-{key_model_group}")
+        if remaining is not None:
+            ev[f"key_remaining_{rtype}"] = remaining
+    # Optional parts: present only when configured or when the call has them.
+    end_user = lp.get("user_api_key_end_user_id") or request_md.get("user_api_key_end_user_id")
+    if end_user:
+        ev["end_user"] = end_user_for_prometheus(end_user)
+    original = pmd.get("original_model_group") or lmd.get("original_model_group")
+    if isinstance(original, str) and original and original != ev["model_group"]:
+        ev["original_model_group"] = original
+    if litellm.custom_prometheus_metadata_labels:
+        ev["custom_labels"] = _custom_labels(slp)
+    if litellm.custom_prometheus_tags:
+        ev["tag_labels"] = _tag_labels(slp.get("request_tags") or [])
     if litellm.prometheus_emit_input_sequence_length_label:
         ev["input_sequence_length"] = PrometheusLogger._get_input_sequence_length(slp, kwargs, response_obj)
     zero_cost = slp.get("zero_cost_diagnostic")
-    if isinstance(zero_cost, dict):
-        _put(ev, "zero_cost_reason", zero_cost.get("reason"))
-    _put(ev, "usage", _usage_details(md))
+    if type(zero_cost) is dict:
+        ev["zero_cost_reason"] = zero_cost.get("reason")
     mcp = md.get("mcp_tool_call_metadata")
-    if isinstance(mcp, dict):
+    if type(mcp) is dict:
         ev["mcp"] = {"tool": mcp.get("name"), "server": mcp.get("mcp_server_name")}
-
-    # Latencies, in seconds, from the kwargs datetimes (as LiteLLM's logger computes them).
-    kstart = kwargs.get("start_time")
-    api_start = kwargs.get("api_call_start_time")
-    completion_start = kwargs.get("completion_start_time")
-    stream_true = kwargs.get("stream", False) is True
-    if kend is None:
-        kend = datetime.now()
-    lat: dict[str, float] = {}
-    for name, value in (
-        ("total", _seconds(kstart, kend)),
-        ("api", _seconds(api_start, kend)),
-        ("ttft", _seconds(api_start, completion_start) if stream_true else None),
-        ("queue", _number(pmd.get("queue_time_seconds"))),
-    ):
-        if value is not None:
-            lat[name] = value
-    # Latency per output token uses the hook's positional times (spec §1.2).
-    if isinstance(start_time, datetime) and isinstance(end_time, datetime):
-        basis = (end_time - start_time).total_seconds()
-        if stream_true:
-            cst = kwargs.get("completion_start_time", end_time)
-            if isinstance(cst, datetime):
-                ttft_basis = (cst - start_time).total_seconds()
-                basis = ttft_basis or basis
-        lat["per_token_basis"] = basis
-    ev["latency"] = lat
-
-    hidden = slp.get("hidden_params") or {}
-    # LiteLLM skips the whole deployment block when these keys are missing (spec §5).
-    if "api_base" in slp and isinstance(hidden, dict) and "additional_headers" in hidden:
-        headers = hidden.get("additional_headers") or {}
-        model_info = request_md.get("model_info") or {}
-        dep: dict[str, Any] = {"api_provider": lp.get("custom_llm_provider")}
-        _put(dep, "model_id", model_info.get("id") if isinstance(model_info, dict) else None)
-        if model_info or lp:
-            mi = model_info if isinstance(model_info, dict) else {}
-            _put(dep, "tpm", mi.get("tpm") or lp.get("tpm"))
-            _put(dep, "rpm", mi.get("rpm") or lp.get("rpm"))
-        if isinstance(headers, dict):
-            _put(dep, "remaining_requests", _gauge_reading(headers.get("x_ratelimit_remaining_requests")))
-            _put(dep, "remaining_tokens", _gauge_reading(headers.get("x_ratelimit_remaining_tokens")))
-        # Shipped even when 0: the overhead histogram skips 0, the one with guardrails does not.
-        _put(dep, "overhead_ms", _number(hidden.get("litellm_overhead_time_ms")))
-        guard = _guardrail_overhead(slp)
-        if guard:
-            dep["guardrail_overhead"] = guard
-        ev["deployment"] = dep
-
-    # Per key+model remaining limits: legacy limiter metadata, else the v3 header.
-    key_md = lp.get(get_metadata_variable_name_from_kwargs(kwargs)) or {}
-    key_model_group = key_md.get("model_group") if isinstance(key_md, dict) else None
-    headers_all = hidden.get("additional_headers") if isinstance(hidden, dict) else None
-    headers_all = headers_all if isinstance(headers_all, dict) else {}
-    key_limits: dict[str, Any] = {"model_group": key_model_group}
-    for rtype in ("requests", "tokens"):
-        value = pmd.get(f"litellm-key-remaining-{rtype}-{key_model_group}")
-        if value is None:
-            value = _strict_int(headers_all.get(f"x-ratelimit-model_per_key-remaining-{rtype}"))
-        _put(key_limits, f"remaining_{rtype}", value)
-    ev["key_limits"] = key_limits
-    rate_limits: dict[str, list[int | None]] = {}
-    for limit_name, remaining_name, slot in _V3_HEADER_NAMES:
-        limit = _strict_int(headers_all.get(limit_name))
-        remaining = _strict_int(headers_all.get(remaining_name))
-        if limit is not None or remaining is not None:
-            rate_limits[slot] = [limit, remaining]
-    ev["rate_limits"] = rate_limits
-    _put(ev, "budgets", _budgets(pmd))
+    if slp.get("guardrail_information"):
+        ev["guardrail_overhead"] = _guardrail_overhead(slp)
     return ev
+
+
+def _guardrail_overhead(slp: Mapping[str, Any]) -> float:
+    try:
+        return float(PrometheusLogger._get_guardrail_overhead_seconds(slp))  # type: ignore[arg-type]
+    except Exception:
+        return 0.0
 
 
 # -- failures ----------------------------------------------------------------------------------------
@@ -496,12 +454,20 @@ def _deployment_failure(
     return dep
 
 
+def logged_api_key(user_api_key_dict: Any) -> object:
+    """``LiteLLMProxyRequestSetup.get_logged_api_key`` without importing the proxy (FastAPI):
+    session tokens with an alias are logged by alias, everything else by the normalised key."""
+    alias = getattr(user_api_key_dict, "key_alias", None)
+    if getattr(user_api_key_dict, "is_session_token", False) and alias:
+        return alias
+    return getattr(user_api_key_dict, "api_key", None)
+
+
 def post_call_failure_event(
     logger: Any, request_data: Mapping[str, Any], original_exception: BaseException, user_api_key_dict: Any
 ) -> Event:
     """The event for ``async_post_call_failure_hook``: every call counts (no skip rule)."""
     from litellm.litellm_core_utils.litellm_logging import StandardLoggingPayloadSetup
-    from litellm.proxy.litellm_pre_call_utils import LiteLLMProxyRequestSetup
 
     status = logger._extract_status_code(exception=original_exception)
     metadata = _prom._logged_fields(request_data.get("metadata"))
@@ -526,7 +492,7 @@ def post_call_failure_event(
         "user_email": getattr(uak, "user_email", None),
         "hashed_api_key": None
         if status == 401
-        else normalize_api_key(LiteLLMProxyRequestSetup.get_logged_api_key(uak)),
+        else normalize_api_key(logged_api_key(uak)),
         "api_key_alias": getattr(uak, "key_alias", None),
         "team": getattr(uak, "team_id", None),
         "team_alias": getattr(uak, "team_alias", None),
