@@ -250,24 +250,23 @@ def success_event(
     kstart = kwargs.get("start_time")
     api_start = kwargs.get("api_call_start_time")
     stream_true = kwargs.get("stream", False) is True
-    is_dt = datetime.__instancecheck__
-    if not is_dt(kend):
+    if not isinstance(kend, datetime):
         kend = datetime.now()
     latency: dict[str, float] = {}
-    if is_dt(kstart):
+    if isinstance(kstart, datetime):
         latency["total"] = (kend - kstart).total_seconds()
-    if is_dt(api_start):
+    if isinstance(api_start, datetime):
         latency["api"] = (kend - api_start).total_seconds()
         if stream_true:
             cst = kwargs.get("completion_start_time")
-            if is_dt(cst):
+            if isinstance(cst, datetime):
                 latency["ttft"] = (cst - api_start).total_seconds()
-    if is_dt(start_time) and is_dt(end_time):
+    if isinstance(start_time, datetime) and isinstance(end_time, datetime):
         # The basis of latency per output token uses the hook's positional times (spec §1.2).
         basis = (end_time - start_time).total_seconds()
         if stream_true:
             cst = kwargs.get("completion_start_time", end_time)
-            if is_dt(cst):
+            if isinstance(cst, datetime):
                 basis = (cst - start_time).total_seconds() or basis
         latency["per_token_basis"] = basis
     queue = pmd.get("queue_time_seconds")
@@ -490,9 +489,7 @@ def post_call_failure_event(
         "t": time.time(),
         "user": getattr(uak, "user_id", None),
         "user_email": getattr(uak, "user_email", None),
-        "hashed_api_key": None
-        if status == 401
-        else normalize_api_key(logged_api_key(uak)),
+        "hashed_api_key": None if status == 401 else normalize_api_key(logged_api_key(uak)),
         "api_key_alias": getattr(uak, "key_alias", None),
         "team": getattr(uak, "team_id", None),
         "team_alias": getattr(uak, "team_alias", None),

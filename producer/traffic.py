@@ -94,15 +94,24 @@ def build_router() -> Any:
     import litellm
 
     model_list = [
-        {"model_name": name, "litellm_params": {"model": model, "api_key": "demo", "mock_response": "Hello!"},
-         "model_info": {"id": f"{name}-primary"}}
+        {
+            "model_name": name,
+            "litellm_params": {"model": model, "api_key": "demo", "mock_response": "Hello!"},
+            "model_info": {"id": f"{name}-primary"},
+        }
         for name, model in MODELS
     ]
     model_list.append(
-        {"model_name": "gpt-4o", "litellm_params": {"model": "azure/gpt-4o-eu", "api_key": "demo",
-                                                    "api_base": "https://eu.example.invalid",
-                                                    "mock_response": "Hello from EU!"},
-         "model_info": {"id": "gpt-4o-eu"}}
+        {
+            "model_name": "gpt-4o",
+            "litellm_params": {
+                "model": "azure/gpt-4o-eu",
+                "api_key": "demo",
+                "api_base": "https://eu.example.invalid",
+                "mock_response": "Hello from EU!",
+            },
+            "model_info": {"id": "gpt-4o-eu"},
+        }
     )
     return litellm.Router(
         model_list=model_list,
@@ -149,12 +158,18 @@ async def proxy_rejection(logger: Any, caller: Caller, rnd: random.Random) -> No
     from litellm.proxy._types import ProxyException, UserAPIKeyAuth
 
     auth = UserAPIKeyAuth(
-        api_key=caller.key, key_alias=caller.alias, team_id=caller.team, team_alias=caller.team_alias,
-        user_id=caller.user, user_email=caller.email, request_route="/chat/completions",
+        api_key=caller.key,
+        key_alias=caller.alias,
+        team_id=caller.team,
+        team_alias=caller.team_alias,
+        user_id=caller.user,
+        user_email=caller.email,
+        request_route="/chat/completions",
     )
     if rnd.random() < 0.5:
-        exc: Exception = ProxyException(message="Invalid model name", type="invalid_request_error",
-                                        param="model", code=400)
+        exc: Exception = ProxyException(
+            message="Invalid model name", type="invalid_request_error", param="model", code=400
+        )
         data = {"model": "no-such-model", "metadata": {}}
     else:
         exc = litellm.BudgetExceededError(current_cost=51.0, max_budget=50.0)
@@ -163,11 +178,11 @@ async def proxy_rejection(logger: Any, caller: Caller, rnd: random.Random) -> No
 
 
 async def run(rate: float, seconds: float | None, keys: int, teams: int, seed: int, quiet: bool) -> int:
+    import logging
+
     import litellm
 
     from producer.callback import StreamMetricsLogger
-
-    import logging
 
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the generated failures are expected
