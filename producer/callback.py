@@ -170,18 +170,23 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
         )
 
     def set_team_members_metric(self, team: Any) -> None:
+        # Arguments are derived inside the build step, so a malformed team is counted, not raised.
         self._emit(
-            events.simple_event,
-            wire.TEAM_MEMBERS,
-            team=getattr(team, "team_id", None),
-            team_alias=getattr(team, "team_alias", None) or "",
-            members=len(getattr(team, "members_with_roles", None) or []),
+            lambda: events.simple_event(
+                wire.TEAM_MEMBERS,
+                team=getattr(team, "team_id", None),
+                team_alias=getattr(team, "team_alias", None) or "",
+                members=len(getattr(team, "members_with_roles", None) or []),
+            )
         )
 
     def set_spend_capture_rate(self, api_provider: str, capture_rate: float | None) -> None:
-        # None means "unknown" (LiteLLM exports NaN); it is shipped as an absent value.
-        rate = None if capture_rate is None or math.isnan(capture_rate) else capture_rate
-        self._emit_simple(wire.SPEND_CAPTURE_RATE, api_provider=api_provider, capture_rate=rate)
+        def build() -> events.Event:
+            # None means "unknown" (LiteLLM exports NaN); it is shipped as an absent value.
+            rate = None if capture_rate is None or math.isnan(capture_rate) else capture_rate
+            return events.simple_event(wire.SPEND_CAPTURE_RATE, api_provider=api_provider, capture_rate=rate)
+
+        self._emit(build)
 
     def record_managed_batch_created(
         self,
@@ -252,10 +257,12 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
     def record_check_batch_cost_run(
         self, jobs_polled: int, processed_models: list[tuple[str | None, str | None]] | None = None
     ) -> None:
-        self._emit_simple(
-            wire.CHECK_BATCH_COST_RUN,
-            jobs_polled=jobs_polled,
-            processed=[[m or "", p or ""] for m, p in (processed_models or [])],
+        self._emit(
+            lambda: events.simple_event(
+                wire.CHECK_BATCH_COST_RUN,
+                jobs_polled=jobs_polled,
+                processed=[[m or "", p or ""] for m, p in (processed_models or [])],
+            )
         )
 
     def record_check_batch_cost_error(self, error_type: str) -> None:

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,9 +116,7 @@ class Emitter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._init_state()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
-        atexit.register(self._atexit)
+        _LIVE.add(self)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -200,20 +199,21 @@ class Emitter:
             return None
         s = self.settings
         events: list[bytes] = []
-        nbytes = 0
+        size = 1  # the JSON array's "[": each event then adds its length plus "," or "]"
         buf = self._buffer
         while buf and len(events) < s.batch_max_events:
             nxt = len(buf[0])
-            if events and nbytes + nxt + 1 > s.batch_max_bytes:
+            if events and size + nxt + 1 > s.batch_max_bytes:
                 break
             events.append(buf.popleft())
-            nbytes += nxt + 1
-        self._buffer_bytes -= nbytes - len(events)
+            size += nxt + 1
+        nbytes = size - 1 - len(events)
+        self._buffer_bytes -= nbytes
         self._seq += 1
-        batch = _Batch(self._seq, events, nbytes - len(events), time.time())
+        batch = _Batch(self._seq, events, nbytes, time.time())
         self._inflight.append(batch)
         self._inflight_events += len(events)
-        self._inflight_bytes += batch.nbytes
+        self._inflight_bytes += nbytes
         return batch
 
     def _collect_locked(self, max_batches: int) -> list[_Batch]:
@@ -231,10 +231,13 @@ class Emitter:
             stopping = self._stop.is_set()
             if not stopping:
                 with self._lock:
-                    pending = len(self._buffer) + len(self._inflight)
-                timeout = s.flush_interval if pending else min(s.stats_interval, 1.0)
-                self._wake.wait(timeout)
-                self._wake.clear()
+                    backlog = len(self._buffer)
+                    pending = backlog + len(self._inflight)
+                # A full batch waiting (steady high rate, or catching up after an outage) is
+                # written at once; a partial one waits for the flush interval.
+                if backlog < s.batch_max_events:
+                    self._wake.wait(s.flush_interval if pending else min(s.stats_interval, 1.0))
+                    self._wake.clear()
             with self._lock:
                 batches = self._collect_locked(max_batches=8)
             now = time.time()
@@ -372,12 +375,15 @@ class Emitter:
     def close(self, timeout: float | None = None) -> bool:
         """Flush what is buffered and stop, giving up after ``timeout`` (default: the
         configured shutdown timeout). Returns True when everything was sent."""
+        return self._finish_close(*self._begin_close(timeout))
+
+    def _begin_close(self, timeout: float | None) -> tuple[threading.Thread | None, float, int]:
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         with self._lock:
-            if self._closed and self._thread is None:
-                return self.buffered_unlocked() == 0
-            self._closed = True
             shutdown_before = self.counters.dropped["shutdown"]
+            if self._closed and self._thread is None:
+                return None, timeout, shutdown_before
+            self._closed = True
             thread = self._thread
             self._deadline = time.monotonic() + timeout
             if thread is None and (self._buffer or self._inflight):
@@ -385,8 +391,11 @@ class Emitter:
                 thread = self._thread
         self._stop.set()
         self._wake.set()
+        return thread, timeout, shutdown_before
+
+    def _finish_close(self, thread: threading.Thread | None, timeout: float, shutdown_before: int) -> bool:
         if thread is not None:
-            thread.join(timeout + 0.5)
+            thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
             if thread.is_alive():
                 self._drop_remaining()
         with self._lock:
@@ -396,8 +405,29 @@ class Emitter:
     def buffered_unlocked(self) -> int:
         return len(self._buffer) + self._inflight_events
 
-    def _atexit(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
     _deadline: float = 0.0
+
+
+# Every emitter not yet garbage-collected. One process-wide exit hook flushes them all in
+# parallel (each within its own deadline); one fork hook resets them in the child.
+_LIVE: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    pending = []
+    for emitter in list(_LIVE):
+        with contextlib.suppress(Exception):
+            pending.append((emitter, emitter._begin_close(None)))
+    for emitter, started in pending:
+        with contextlib.suppress(Exception):
+            emitter._finish_close(*started)
+
+
+def _reset_all_after_fork() -> None:
+    for emitter in list(_LIVE):
+        emitter._after_fork()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_all_after_fork)

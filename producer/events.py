@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import litellm
+from litellm.constants import LITELLM_PROXY_MASTER_KEY_ALIAS as MASTER_KEY_ALIAS
 from litellm.integrations import prometheus as _prom
 from litellm.litellm_core_utils.core_helpers import (
     get_litellm_metadata_from_kwargs,
@@ -57,15 +58,33 @@ _V3_HEADER_NAMES = tuple(
 # -- small helpers -------------------------------------------------------------------------------
 
 
-def normalize_api_key(value: object) -> object:
-    """Never ship a raw key: ``sk-...`` (with or without ``Bearer``) becomes its sha256 hex,
-    exactly what LiteLLM stores as the key's token."""
-    if isinstance(value, str):
-        if value.startswith("Bearer "):
-            value = value[7:].strip()
-        if value.startswith("sk-"):
-            return hashlib.sha256(value.encode()).hexdigest()
-    return value
+def is_hashed_key(value: str) -> bool:
+    """A SHA-256 hex digest: the form LiteLLM stores and logs virtual keys in."""
+    if len(value) != 64:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_api_key(value: object, alias: object = None) -> object:
+    """What may be shipped as ``hashed_api_key``: never a raw credential.
+
+    Kept as they are: SHA-256 hex digests (LiteLLM's normal form), LiteLLM's hashed JWTs
+    (``hashed-jwt-...``), the master-key alias LiteLLM logs instead of the master key, and a
+    session token's key alias (LiteLLM logs the alias for those). Anything else is a raw
+    credential (``sk-...``, a bearer token, a custom-auth key) and becomes its SHA-256 hex
+    digest, which for ``sk-`` keys is exactly LiteLLM's token hash.
+    """
+    if not isinstance(value, str) or not value or is_hashed_key(value):
+        return value
+    if value.startswith("hashed-") or value == MASTER_KEY_ALIAS or (alias and value == alias):
+        return value
+    if value.startswith("Bearer "):
+        value = value[7:].strip()
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def epoch(value: object) -> float | None:
@@ -244,8 +263,8 @@ def success_event(
     headers = hidden.get("additional_headers") if type(hidden) is dict else None
     usage = md.get("usage_object")
     key = md.get("user_api_key_hash")
-    if type(key) is str and (key[:3] == "sk-" or key[:7] == "Bearer "):
-        key = normalize_api_key(key)
+    if type(key) is str and not is_hashed_key(key):
+        key = normalize_api_key(key, md.get("user_api_key_alias"))
     kend = kwargs.get("end_time") or end_time
     kstart = kwargs.get("start_time")
     api_start = kwargs.get("api_call_start_time")
@@ -364,7 +383,7 @@ def failure_event(logger: Any, kwargs: Mapping[str, Any]) -> Event | None:
     ev: Event = {
         "kind": wire.FAILURE,
         "t": epoch(kwargs.get("end_time")) or time.time(),
-        "hashed_api_key": normalize_api_key(md.get("user_api_key_hash")),
+        "hashed_api_key": normalize_api_key(md.get("user_api_key_hash"), md.get("user_api_key_alias")),
         "api_key_alias": md.get("user_api_key_alias"),
         "team": md.get("user_api_key_team_id"),
         "team_alias": md.get("user_api_key_team_alias"),
@@ -422,7 +441,10 @@ def _deployment_failure(
         "has_exception": exc is not None,
         "exception_status": exception_status(exc),
         "exception_class": exception_class(exc),
-        "hashed_api_key": normalize_api_key(ids.get("hashed_api_key") or md.get("user_api_key_hash")),
+        "hashed_api_key": normalize_api_key(
+            ids.get("hashed_api_key") or md.get("user_api_key_hash"),
+            ids.get("api_key_alias") or md.get("user_api_key_alias"),
+        ),
         "api_key_alias": ids.get("api_key_alias") or md.get("user_api_key_alias"),
         "user_email": ids.get("user_email"),
         "team": ids.get("team") or md.get("user_api_key_team_id"),
@@ -489,7 +511,9 @@ def post_call_failure_event(
         "t": time.time(),
         "user": getattr(uak, "user_id", None),
         "user_email": getattr(uak, "user_email", None),
-        "hashed_api_key": None if status == 401 else normalize_api_key(logged_api_key(uak)),
+        "hashed_api_key": None
+        if status == 401
+        else normalize_api_key(logged_api_key(uak), getattr(uak, "key_alias", None)),
         "api_key_alias": getattr(uak, "key_alias", None),
         "team": getattr(uak, "team_id", None),
         "team_alias": getattr(uak, "team_alias", None),
@@ -529,7 +553,7 @@ def fallback_event(
         "t": time.time(),
         "requested_model": _bounded_requested_model(original_model_group, router_originated=True),
         "fallback_model": kwargs.get("model"),
-        "hashed_api_key": normalize_api_key(std.get("user_api_key_hash")),
+        "hashed_api_key": normalize_api_key(std.get("user_api_key_hash"), std.get("user_api_key_alias")),
         "api_key_alias": std.get("user_api_key_alias"),
         "team": std.get("user_api_key_team_id"),
         "team_alias": std.get("user_api_key_team_alias"),

@@ -89,12 +89,13 @@ class ProducerSettings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = env.get(_env_name(f.name))
-            if raw is None and f.name == "redis_url":
-                raw = env.get("REDIS_URL")
-            if raw is None or raw.strip() == "":
+            raw = env.get(_env_name(f.name), "").strip()
+            if not raw and f.name == "redis_url":
+                # An empty LSM_REDIS_URL (e.g. an unset compose variable) means "not given".
+                raw = env.get("REDIS_URL", "").strip()
+            if not raw:
                 continue
-            values[f.name] = _parse(f.name, f.type, raw.strip())
+            values[f.name] = _parse(f.name, f.type, raw)
         return cls(**values)  # type: ignore[arg-type]
 
 

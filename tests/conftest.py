@@ -16,7 +16,7 @@ import redis
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from aggregator.local_server import LocalServer  # noqa: E402
+from aggregator.local_server import LocalServer
 
 _session_server: LocalServer | None = None
 

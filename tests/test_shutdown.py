@@ -43,8 +43,12 @@ def test_exit_flushes_everything_buffered(redis_url: str, namespace: str, redis_
     # A flush interval far longer than the run: only the exit flush can deliver the events.
     proc, _ = _run(
         3000,
-        {"LSM_REDIS_URL": redis_url, "LSM_NAMESPACE": namespace, "LSM_FLUSH_INTERVAL": "60",
-         "LSM_STATS_INTERVAL": "60"},
+        {
+            "LSM_REDIS_URL": redis_url,
+            "LSM_NAMESPACE": namespace,
+            "LSM_FLUSH_INTERVAL": "60",
+            "LSM_STATS_INTERVAL": "60",
+        },
     )
     assert proc.returncode == 0, proc.stderr
     producer_id = proc.stdout.strip().splitlines()[-1]
@@ -59,8 +63,12 @@ def test_exit_with_redis_unreachable_respects_the_deadline(namespace: str) -> No
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     proc, elapsed = _run(
         500,
-        {"LSM_REDIS_URL": dead, "LSM_NAMESPACE": namespace, "LSM_SHUTDOWN_TIMEOUT": "1.0",
-         "LSM_CONNECT_TIMEOUT": "0.2"},
+        {
+            "LSM_REDIS_URL": dead,
+            "LSM_NAMESPACE": namespace,
+            "LSM_SHUTDOWN_TIMEOUT": "1.0",
+            "LSM_CONNECT_TIMEOUT": "0.2",
+        },
     )
     assert proc.returncode == 0, proc.stderr
     # Interpreter start-up plus a 1 s deadline; without the deadline the writer would retry forever.
