@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -36,7 +37,6 @@ Event = dict[str, Any]
 _get_custom_labels_from_metadata = _prom.get_custom_labels_from_metadata
 _get_custom_labels_from_tags = _prom.get_custom_labels_from_tags
 _combined_custom_metadata = _prom._get_combined_custom_metadata_from_standard_logging_payload
-_bounded_requested_model = _prom._bounded_requested_model_label
 PrometheusLogger = _prom.PrometheusLogger
 
 # v3 rate limiter headers: (descriptor in the header name, header type, rate_limit_type label).
@@ -167,6 +167,21 @@ def _sanitize_label_name(name: str) -> str:
     from litellm.types.integrations.prometheus import sanitize_prometheus_label_name
 
     return str(sanitize_prometheus_label_name(name))
+
+
+def _bounded_requested_model(requested_model: object, router_originated: bool = False) -> str | None:
+    """LiteLLM's ``_bounded_requested_model_label`` (unknown models collapse to ``"other"``).
+
+    LiteLLM finds the proxy's router by importing ``litellm.proxy.proxy_server``; outside the
+    proxy that import takes seconds and hundreds of MiB on the event loop. The router only
+    exists when the proxy module is already loaded, so look there first.
+    """
+    if isinstance(requested_model, str) and requested_model:
+        proxy = sys.modules.get("litellm.proxy.proxy_server")
+        if getattr(proxy, "llm_router", None) is None:
+            return requested_model if router_originated else str(_prom.UNRECOGNIZED_REQUESTED_MODEL_LABEL)
+    result = _prom._bounded_requested_model_label(requested_model, router_originated=router_originated)
+    return None if result is None else str(result)
 
 
 def exception_status(exc: object, with_code_fallback: bool = True) -> str | None:
