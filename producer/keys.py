@@ -54,3 +54,40 @@ class Keys:
     def producer_registry(self) -> str:
         """Sorted set of producer ids scored by the time of their last report."""
         return f"{self.namespace}:producers"
+
+    # -- aggregator state: every key of a shard carries the shard's hash tag -------------------
+
+    def _shard_key(self, shard: int, suffix: str) -> str:
+        return f"{self.namespace}:{self.shard_tag(shard)}:{suffix}"
+
+    def dead_letters(self, shard: int) -> str:
+        """Stream of entries that could not be applied, with the reason and the original fields."""
+        return self._shard_key(shard, "dead")
+
+    def shard_stats(self, shard: int) -> str:
+        """Hash of the shard's apply counters (events/entries applied, duplicates, dead, lost)."""
+        return self._shard_key(shard, "stats")
+
+    def applied_by_producer(self, shard: int) -> str:
+        """Hash producer id -> events applied, to compare with the producer's ``events_sent``."""
+        return self._shard_key(shard, "applied")
+
+    def lost_by_producer(self, shard: int) -> str:
+        """Hash producer id -> entries that were removed from the stream before being applied."""
+        return self._shard_key(shard, "lost")
+
+    def high_water_marks(self, shard: int) -> str:
+        """Hash producer id -> highest sequence number below which every entry was applied."""
+        return self._shard_key(shard, "hwm")
+
+    def seen_above_mark(self, shard: int, producer_id: str) -> str:
+        """Sorted set of the producer's applied sequence numbers above its high-water mark."""
+        return self._shard_key(shard, f"seen:{producer_id}")
+
+    def metric(self, shard: int, kind: str, metric_key: str) -> str:
+        """Hash holding the series of one metric (``kind``: c, h, g or gt for gauge times)."""
+        return self._shard_key(shard, f"{kind}:{metric_key}")
+
+    def schemas(self, shard: int) -> str:
+        """Hash metric key -> JSON label names of the series stored under it."""
+        return self._shard_key(shard, "schemas")

@@ -1,0 +1,141 @@
+-- Apply one batch of stream entries exactly once: verify, then update metrics, record the
+-- producers' sequence numbers, dead-letter, and acknowledge, all in this one atomic step.
+--
+-- KEYS: 1 stream, 2 dead-letter stream, 3 shard stats hash, 4 applied-by-producer hash,
+--       5 high-water-mark hash, 6 .. 5+np per-producer "seen" sorted sets, then metric hashes.
+-- ARGV: group, consumer, now,
+--       np, producer ids (np),
+--       ne, ne x (entry id, producer index, seq, events, assumed_duplicate 0/1),
+--       nd, nd x (entry id, reason, detail),
+--       ni, ni x (key index, field, amount)                      -- HINCRBYFLOAT
+--       ng, ng x (value key index, time key index, field, t, value or "" to remove)
+--       ns, ns x (stats field, increment)                        -- e.g. rejected events by reason
+--
+-- Nothing is written unless every entry is still pending for this consumer and every
+-- duplicate assumption holds; otherwise the reply says what the caller must change:
+--   {"retry", {ids not owned}, {ids whose duplicate status differs}}
+-- On success: {"ok", entries applied, duplicate entries, events applied, dead-lettered}.
+
+local stream, dead, stats, applied, hwm = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local group, consumer = ARGV[1], ARGV[2]
+local i = 4
+local np = tonumber(ARGV[i]); i = i + 1
+local producers = {}
+for p = 1, np do producers[p] = ARGV[i]; i = i + 1 end
+
+local ne = tonumber(ARGV[i]); i = i + 1
+local entries = {}
+for e = 1, ne do
+  entries[e] = {id = ARGV[i], p = tonumber(ARGV[i + 1]), seq = tonumber(ARGV[i + 2]),
+                n = tonumber(ARGV[i + 3]), dup = ARGV[i + 4] == "1"}
+  i = i + 5
+end
+local nd = tonumber(ARGV[i]); i = i + 1
+local deads = {}
+for d = 1, nd do
+  deads[d] = {id = ARGV[i], reason = ARGV[i + 1], detail = ARGV[i + 2]}
+  i = i + 3
+end
+
+local function owned(id)
+  local rows = redis.call("XPENDING", stream, group, id, id, 1, consumer)
+  return #rows == 1
+end
+
+-- Phase 1: verify ownership and duplicate status. No writes.
+local not_owned, wrong_dup = {}, {}
+local marks, seen_in_batch = {}, {}
+for _, e in ipairs(entries) do
+  if not owned(e.id) then
+    not_owned[#not_owned + 1] = e.id
+  else
+    local pid = producers[e.p]
+    if marks[pid] == nil then marks[pid] = tonumber(redis.call("HGET", hwm, pid) or "0") end
+    local token = pid .. "\0" .. e.seq
+    local is_dup = e.seq <= marks[pid] or seen_in_batch[token] ~= nil
+      or redis.call("ZCOUNT", KEYS[5 + e.p], e.seq, e.seq) > 0
+    seen_in_batch[token] = true
+    if is_dup ~= e.dup then wrong_dup[#wrong_dup + 1] = e.id end
+  end
+end
+for _, d in ipairs(deads) do
+  if not owned(d.id) then not_owned[#not_owned + 1] = d.id end
+end
+if #not_owned > 0 or #wrong_dup > 0 then
+  return {"retry", not_owned, wrong_dup}
+end
+
+-- Phase 2: apply. Every check is done; nothing below can fail on valid input.
+local ni = tonumber(ARGV[i]); i = i + 1
+local mbase = 5 + np
+for _ = 1, ni do
+  redis.call("HINCRBYFLOAT", KEYS[mbase + tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+local ng = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ng do
+  local vkey, tkey = KEYS[mbase + tonumber(ARGV[i])], KEYS[mbase + tonumber(ARGV[i + 1])]
+  local field, t, value = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local current = redis.call("HGET", tkey, field)
+  if current == false or tonumber(t) >= tonumber(current) then
+    if value == "" then redis.call("HDEL", vkey, field) else redis.call("HSET", vkey, field, value) end
+    redis.call("HSET", tkey, field, t)
+  end
+  i = i + 5
+end
+
+local applied_entries, dup_entries, applied_events = 0, 0, 0
+local ids = {}
+for _, e in ipairs(entries) do
+  ids[#ids + 1] = e.id
+  if e.dup then
+    dup_entries = dup_entries + 1
+  else
+    local pid = producers[e.p]
+    local zkey = KEYS[5 + e.p]
+    -- member "<seq> <entry id>": the entry id lets housekeeping prove a missing seq was lost
+    redis.call("ZADD", zkey, e.seq, e.seq .. " " .. e.id)
+    local mark = marks[pid]
+    while true do
+      local low = redis.call("ZRANGE", zkey, 0, 0, "WITHSCORES")
+      if #low == 0 or tonumber(low[2]) ~= mark + 1 then break end
+      redis.call("ZREMRANGEBYRANK", zkey, 0, 0)
+      mark = mark + 1
+    end
+    marks[pid] = mark
+    redis.call("HSET", hwm, pid, mark)
+    redis.call("HINCRBY", applied, pid, e.n)
+    applied_entries = applied_entries + 1
+    applied_events = applied_events + e.n
+  end
+end
+
+for _, d in ipairs(deads) do
+  local original = redis.call("XRANGE", stream, d.id, d.id)
+  local fields = {"dead_entry_id", d.id, "dead_reason", d.reason, "dead_detail", d.detail,
+                  "dead_consumer", consumer, "dead_at", ARGV[3]}
+  if #original == 1 then
+    local f = original[1][2]
+    for k = 1, #f, 2 do fields[#fields + 1] = "orig_" .. f[k]; fields[#fields + 1] = f[k + 1] end
+  end
+  redis.call("XADD", dead, "MAXLEN", "~", "100000", "*", unpack(fields))
+  redis.call("HINCRBY", stats, "dead_" .. d.reason, 1)
+  ids[#ids + 1] = d.id
+end
+
+if #ids > 0 then
+  for k = 1, #ids, 500 do
+    redis.call("XACK", stream, group, unpack(ids, k, math.min(k + 499, #ids)))
+  end
+end
+if applied_entries > 0 then
+  redis.call("HINCRBY", stats, "entries_applied", applied_entries)
+  redis.call("HINCRBY", stats, "events_applied", applied_events)
+end
+if dup_entries > 0 then redis.call("HINCRBY", stats, "duplicate_entries", dup_entries) end
+local ns = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ns do
+  redis.call("HINCRBY", stats, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+return {"ok", applied_entries, dup_entries, applied_events, #deads}

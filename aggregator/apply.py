@@ -1,0 +1,168 @@
+"""Apply a batch of entries exactly once with one server-side script (``apply.lua``).
+
+The caller decodes entries and builds the batch's pre-aggregated :class:`Delta` from the
+events of the entries it believes are new. The script re-checks, atomically, that every entry
+is still pending for this consumer (not acknowledged, not claimed away by another consumer)
+and which entries are duplicates of an already-applied ``(producer, seq)``. If reality differs
+from the caller's belief, nothing is written and the caller rebuilds the delta and tries again.
+Otherwise metric updates, sequence bookkeeping, dead-lettering and XACK happen in one step, so
+a crash at any instruction leaves the batch either wholly applied or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from aggregator.state import Delta, format_number, histogram_field
+from producer.keys import Keys
+
+_SCRIPT = resources.files("aggregator").joinpath("apply.lua").read_text()
+MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """A decoded entry waiting to be applied."""
+
+    entry_id: str
+    producer_id: str
+    seq: int
+    events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DeadEntry:
+    entry_id: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    applied_entries: int
+    duplicate_entries: int
+    applied_events: int
+    dead_entries: int
+    not_owned: tuple[str, ...]
+    attempts: int
+
+
+class BatchApplyError(RuntimeError):
+    """The batch could not be applied after repeated conflicts."""
+
+
+class ShardApplier:
+    """Applies batches of one shard's stream for one consumer of the group."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, shard: int, group: str, consumer: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.shard = shard
+        self.group = group
+        self.consumer = consumer
+        self._script = client.register_script(_SCRIPT)
+
+    async def apply(
+        self,
+        entries: Sequence[PendingEntry],
+        dead: Sequence[DeadEntry],
+        build_delta: Callable[[Sequence[PendingEntry]], Delta],
+        now: float,
+    ) -> ApplyResult:
+        """Apply ``entries`` (events via ``build_delta``) and dead-letter ``dead``, exactly once."""
+        entries = list(entries)
+        dead = list(dead)
+        dup = _in_batch_duplicates(entries)
+        dropped: list[str] = []
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            delta = build_delta([e for e in entries if e.entry_id not in dup])
+            keys, args = self._encode(entries, dup, dead, delta, now)
+            reply = await self._script(keys=keys, args=args)
+            status = _text(reply[0])
+            if status == "ok":
+                return ApplyResult(int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), tuple(dropped), attempt)
+            not_owned = {_text(x) for x in reply[1]}
+            flip = {_text(x) for x in reply[2]}
+            dropped.extend(sorted(not_owned))
+            entries = [e for e in entries if e.entry_id not in not_owned]
+            dead = [d for d in dead if d.entry_id not in not_owned]
+            dup ^= flip
+            if not entries and not dead:
+                return ApplyResult(0, 0, 0, 0, tuple(dropped), attempt)
+        raise BatchApplyError(f"batch still conflicting after {MAX_ATTEMPTS} attempts")
+
+    def _encode(
+        self,
+        entries: Sequence[PendingEntry],
+        dup: set[str],
+        dead: Sequence[DeadEntry],
+        delta: Delta,
+        now: float,
+    ) -> tuple[list[str], list[str | int | float]]:
+        k = self.keys
+        s = self.shard
+        producers: list[str] = []
+        pindex: dict[str, int] = {}
+        for e in entries:
+            if e.producer_id not in pindex:
+                producers.append(e.producer_id)
+                pindex[e.producer_id] = len(producers)
+        keys = [k.stream(s), k.dead_letters(s), k.shard_stats(s), k.applied_by_producer(s), k.high_water_marks(s)]
+        keys += [k.seen_above_mark(s, p) for p in producers]
+        mkeys: dict[str, int] = {}
+
+        def key_index(kind: str, mkey: str) -> int:
+            full = k.metric(s, kind, mkey)
+            idx = mkeys.get(full)
+            if idx is None:
+                idx = mkeys[full] = len(mkeys) + 1
+            return idx
+
+        args: list[str | int | float] = [self.group, self.consumer, repr(now), len(producers), *producers]
+        args.append(len(entries))
+        for e in entries:
+            args += [e.entry_id, pindex[e.producer_id], e.seq, len(e.events), 1 if e.entry_id in dup else 0]
+        args.append(len(dead))
+        for d in dead:
+            args += [d.entry_id, d.reason, d.detail[:500]]
+        incs: list[str | int | float] = []
+        for (mkey, series), amount in delta.counters.items():
+            incs += [key_index("c", mkey), series, format_number(amount)]
+        for (mkey, series), h in delta.histograms.items():
+            ki = key_index("h", mkey)
+            for b, n in enumerate(h.buckets):
+                if n:
+                    incs += [ki, histogram_field(series, f"b{b}"), n]
+            incs += [ki, histogram_field(series, "s"), format_number(h.total)]
+            incs += [ki, histogram_field(series, "c"), h.count]
+        args.append(len(incs) // 3)
+        args += incs
+        args.append(len(delta.gauges))
+        for (mkey, series), (t, value) in delta.gauges.items():
+            args += [key_index("g", mkey), key_index("gt", mkey), series, repr(t)]
+            args.append("" if value is None else format_number(value))
+        args.append(len(delta.stats))
+        for name, n in delta.stats.items():
+            args += [name, n]
+        keys += list(mkeys)
+        return keys, args
+
+
+def _in_batch_duplicates(entries: Sequence[PendingEntry]) -> set[str]:
+    seen: set[tuple[str, int]] = set()
+    dup: set[str] = set()
+    for e in entries:
+        token = (e.producer_id, e.seq)
+        if token in seen:
+            dup.add(e.entry_id)
+        seen.add(token)
+    return dup
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

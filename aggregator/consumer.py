@@ -1,0 +1,204 @@
+"""Consume one shard's stream through the consumer group and apply it exactly once.
+
+Order of work: first this consumer's own pending entries (left by a previous run under the
+same name), then new entries with a blocking read that is shorter than the socket timeout.
+Every ``claim_interval`` entries pending at other consumers for longer than ``claim_min_idle``
+are claimed (XAUTOCLAIM); an entry delivered more than ``max_deliveries`` times is
+dead-lettered instead of applied. Housekeeping (trimming processed entries, removing dead
+consumers, detecting lost entries) runs every ``housekeeping_interval``.
+
+A batch is either applied and acknowledged in one atomic script or not at all; stopping
+(SIGTERM) lets the batch in hand finish and leaves the rest pending for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from aggregator.apply import ApplyResult, DeadEntry, PendingEntry, ShardApplier
+from aggregator.housekeeping import Housekeeper
+from aggregator.settings import AggregatorSettings
+from aggregator.state import Delta
+from producer.keys import Keys
+from producer.wire import WireError, decode_entry
+
+log = logging.getLogger("litellm_stream_metrics.aggregator")
+
+DeltaBuilder = Callable[[Sequence[PendingEntry]], Delta]
+
+
+@dataclass
+class ConsumerCounters:
+    """This process's own counters (the durable ones live in the shard stats hash)."""
+
+    batches: int = 0
+    entries_read: int = 0
+    entries_applied: int = 0
+    events_applied: int = 0
+    duplicate_entries: int = 0
+    dead_entries: int = 0
+    claimed_entries: int = 0
+    not_owned_entries: int = 0
+    apply_seconds_sum: float = 0.0
+    apply_seconds_max: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+    errors: int = 0
+
+
+class ShardConsumer:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: AggregatorSettings,
+        shard: int,
+        build_delta: DeltaBuilder,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.shard = shard
+        self.keys = Keys(settings.namespace, settings.shards)
+        self.stream = self.keys.stream(shard)
+        self.group = settings.group
+        self.consumer = settings.consumer_name
+        self.build_delta = build_delta
+        self.applier = ShardApplier(client, self.keys, shard, self.group, self.consumer)
+        self.housekeeper = Housekeeper(client, self.keys, shard, settings)
+        self.counters = ConsumerCounters()
+        self.ready = False
+
+    async def ensure_group(self) -> None:
+        """Create the stream and the group if missing; a new group starts at the stream's start,
+        so entries written before the first aggregator ran are applied too."""
+        try:
+            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            log.info("created consumer group %s on %s", self.group, self.stream)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self.ready = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.ensure_group()
+        await self._drain_own_pending(stop)
+        next_claim = time.monotonic() + self.settings.claim_interval
+        next_housekeeping = time.monotonic()
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                if now >= next_claim:
+                    await self._claim_stale(stop)
+                    next_claim = now + self.settings.claim_interval
+                if now >= next_housekeeping:
+                    await self.housekeeper.run_once()
+                    next_housekeeping = now + self.settings.housekeeping_interval
+                raw: Any = await self.client.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=self.settings.read_count,
+                    block=int(self.settings.block_seconds * 1000),
+                )
+                for _stream, entries in raw or []:
+                    if entries:
+                        await self.process(entries)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down or slow: keep going, nothing is lost (pending)
+                self.counters.errors += 1
+                log.warning("shard %s: %s: %s; retrying in %.1f s", self.shard, type(exc).__name__, exc, backoff)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _drain_own_pending(self, stop: asyncio.Event) -> None:
+        """Entries delivered to this consumer name before a restart and never acknowledged."""
+        start = "0"
+        while not stop.is_set():
+            raw: Any = await self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=self.settings.read_count
+            )
+            entries = raw[0][1] if raw else []
+            entries = [(i, f) for i, f in entries if f]  # deleted entries come back with no fields
+            if not entries:
+                return
+            await self.process(entries, check_deliveries=True)
+            start = _text(entries[-1][0])
+
+    async def _claim_stale(self, stop: asyncio.Event) -> None:
+        """Take over entries left pending by consumers that died or hang."""
+        start = "0-0"
+        min_idle = int(self.settings.claim_min_idle * 1000)
+        while not stop.is_set():
+            reply: Any = await self.client.xautoclaim(
+                self.stream, self.group, self.consumer, min_idle, start_id=start, count=self.settings.read_count
+            )
+            start = _text(reply[0])
+            claimed = [(i, f) for i, f in reply[1] if f]
+            if claimed:
+                self.counters.claimed_entries += len(claimed)
+                log.info("shard %s: claimed %d stale entries", self.shard, len(claimed))
+                await self.process(claimed, check_deliveries=True)
+            if start == "0-0":
+                return
+
+    async def process(self, entries: Sequence[tuple[Any, Any]], check_deliveries: bool = False) -> ApplyResult:
+        """Decode, build the delta and apply one batch."""
+        started = time.perf_counter()
+        deliveries: dict[str, int] = {}
+        if check_deliveries:
+            deliveries = await self._delivery_counts([_text(i) for i, _ in entries])
+        pending: list[PendingEntry] = []
+        dead: list[DeadEntry] = []
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            if deliveries.get(entry_id, 0) > self.settings.max_deliveries:
+                dead.append(DeadEntry(entry_id, "too_many_deliveries", f"{deliveries[entry_id]} deliveries"))
+                continue
+            try:
+                entry = decode_entry(fields, self.settings.max_entry_bytes)
+            except WireError as exc:
+                dead.append(DeadEntry(entry_id, exc.reason, exc.detail))
+                continue
+            pending.append(PendingEntry(entry_id, entry.producer_id, entry.seq, entry.events))
+        result = await self.applier.apply(pending, dead, self.build_delta, time.time())
+        elapsed = time.perf_counter() - started
+        c = self.counters
+        c.batches += 1
+        c.entries_read += len(entries)
+        c.entries_applied += result.applied_entries
+        c.events_applied += result.applied_events
+        c.duplicate_entries += result.duplicate_entries
+        c.dead_entries += result.dead_entries
+        c.not_owned_entries += len(result.not_owned)
+        c.apply_seconds_sum += elapsed
+        c.apply_seconds_max = max(c.apply_seconds_max, elapsed)
+        if dead:
+            log.warning("shard %s: dead-lettered %d entries (%s)", self.shard, len(dead), dead[0].reason)
+        return result
+
+    async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for entry_id in ids:
+            rows = await self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+            if rows:
+                out[entry_id] = int(rows[0]["times_delivered"])
+        return out
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

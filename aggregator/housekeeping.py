@@ -1,0 +1,120 @@
+"""Stream hygiene for one shard: trim what every group has processed, forget dead consumers,
+and detect entries that were removed from the stream before being applied."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from aggregator.settings import AggregatorSettings
+from producer.keys import Keys
+
+log = logging.getLogger("litellm_stream_metrics.aggregator")
+
+_GAPS = resources.files("aggregator").joinpath("gaps.lua").read_text()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Housekeeper:
+    def __init__(self, client: aioredis.Redis, keys: Keys, shard: int, settings: AggregatorSettings) -> None:
+        self.client = client
+        self.keys = keys
+        self.shard = shard
+        self.settings = settings
+        self.stream = keys.stream(shard)
+        self._gaps = client.register_script(_GAPS)
+        self.trimmed = 0
+        self.lost = 0
+        self.consumers_removed = 0
+
+    async def run_once(self) -> None:
+        await self.trim()
+        await self.remove_dead_consumers()
+        await self.detect_lost()
+
+    async def trim_bound(self) -> str | None:
+        """The lowest entry id some group still needs: its oldest pending entry, else the entry
+        after its last delivered one. Entries below the minimum over all groups are processed."""
+        try:
+            groups: list[dict[str, Any]] = await self.client.xinfo_groups(self.stream)
+        except aioredis.ResponseError:
+            return None  # no stream yet
+        if not groups:
+            return None
+        bound: tuple[int, int] | None = None
+        for g in groups:
+            name = _text(g["name"])
+            summary = await self.client.xpending(self.stream, name)
+            if summary["pending"]:
+                need = _id_tuple(_text(summary["min"]))
+            else:
+                last = _id_tuple(_text(g["last-delivered-id"]))
+                need = (last[0], last[1] + 1)
+            bound = need if bound is None or need < bound else bound
+        return None if bound is None else f"{bound[0]}-{bound[1]}"
+
+    async def trim(self) -> int:
+        """XTRIM MINID: never removes an entry some group has not processed."""
+        bound = await self.trim_bound()
+        if bound is None or bound == "0-1":
+            return 0
+        removed = int(await self.client.xtrim(self.stream, minid=bound, approximate=False))
+        self.trimmed += removed
+        return removed
+
+    async def remove_dead_consumers(self) -> int:
+        """Remove consumers idle longer than ``dead_consumer_idle`` that hold no pending entries
+        (their pending entries are claimed by live consumers first)."""
+        try:
+            consumers = await self.client.xinfo_consumers(self.stream, self.settings.group)
+        except aioredis.ResponseError:
+            return 0
+        removed = 0
+        limit_ms = self.settings.dead_consumer_idle * 1000
+        for c in consumers:
+            name = _text(c["name"])
+            if name == self.settings.consumer_name or int(c["pending"]) or int(c["idle"]) < limit_ms:
+                continue
+            await self.client.xgroup_delconsumer(self.stream, self.settings.group, name)
+            log.info("shard %s: removed dead consumer %s", self.shard, name)
+            removed += 1
+        self.consumers_removed += removed
+        return removed
+
+    async def detect_lost(self) -> int:
+        """Count entries that were removed before being applied (gaps in producers' sequences)."""
+        marks = await self.client.hkeys(self.keys.high_water_marks(self.shard))
+        lost = 0
+        for raw in marks:
+            pid = _text(raw)
+            zkey = self.keys.seen_above_mark(self.shard, pid)
+            if not await self.client.zcard(zkey):
+                continue
+            n = int(
+                await self._gaps(
+                    keys=[
+                        self.stream,
+                        self.keys.high_water_marks(self.shard),
+                        zkey,
+                        self.keys.shard_stats(self.shard),
+                        self.keys.lost_by_producer(self.shard),
+                    ],
+                    args=[self.settings.group, pid],
+                )
+            )
+            if n:
+                log.warning("shard %s: %d entries of producer %s were removed before being applied", self.shard, n, pid)
+            lost += n
+        self.lost += lost
+        return lost

@@ -1,0 +1,99 @@
+"""Aggregator settings: environment variables ``LSM_*`` (or a YAML file), validated by pydantic.
+
+The LiteLLM metric configuration (which metrics, which labels, buckets) is not here: it is
+read from the proxy's own ``config.yaml`` (``litellm_settings``), so one file configures both
+the proxy and the aggregator.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from producer.keys import validate_namespace
+from producer.settings import DEFAULT_REDIS_URL
+
+
+class AggregatorConfigError(ValueError):
+    """Invalid aggregator settings; the message names the setting."""
+
+
+class AggregatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = "lsm"
+    shards: int = Field(1, ge=1, le=1024)
+    group: str = Field("aggregators", min_length=1, max_length=128)
+    consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}")
+    # Path of the LiteLLM proxy config.yaml whose litellm_settings configure the metrics.
+    litellm_config: str | None = None
+    # Reading: entries per read, blocking time (must stay below the socket timeout).
+    read_count: int = Field(100, ge=1, le=10_000)
+    block_seconds: float = Field(1.0, gt=0)
+    socket_timeout: float = Field(5.0, gt=0)
+    connect_timeout: float = Field(2.0, gt=0)
+    # Recovery from dead consumers.
+    claim_min_idle: float = Field(30.0, gt=0)
+    claim_interval: float = Field(5.0, gt=0)
+    max_deliveries: int = Field(5, ge=1)
+    dead_consumer_idle: float = Field(3600.0, gt=0)
+    housekeeping_interval: float = Field(10.0, gt=0)
+    max_entry_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return validate_namespace(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{v!r} is not a redis://, rediss:// or unix:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _block_below_timeout(self) -> AggregatorSettings:
+        if self.block_seconds >= self.socket_timeout:
+            raise ValueError(
+                f"block_seconds ({self.block_seconds}) must be below socket_timeout ({self.socket_timeout}): "
+                "a blocking read longer than the socket timeout would be cut off as a timeout error"
+            )
+        return self
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, yaml_path: str | Path | None = None) -> AggregatorSettings:
+        """Settings from a YAML file (``LSM_SETTINGS_FILE``) overridden by ``LSM_*`` variables."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = yaml_path or env.get("LSM_SETTINGS_FILE") or None
+        if path:
+            import yaml
+
+            try:
+                loaded = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise AggregatorConfigError(f"cannot read settings file {path}: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise AggregatorConfigError(f"settings file {path} must hold a mapping of setting: value")
+            values.update(loaded)
+        for name in cls.model_fields:
+            raw = env.get("LSM_" + name.upper(), "").strip()
+            if not raw and name == "redis_url":
+                raw = env.get("REDIS_URL", "").strip()
+            if raw:
+                values[name] = raw
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"LSM_{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise AggregatorConfigError(f"invalid aggregator settings: {problems}") from None

@@ -1,0 +1,225 @@
+"""Exactly-once apply (DESIGN invariants 1 and 2) and stream hygiene, against real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from aggregator.apply import DeadEntry, PendingEntry, ShardApplier
+from aggregator.consumer import ShardConsumer
+from aggregator.housekeeping import Housekeeper
+from aggregator.settings import AggregatorSettings
+from aggregator.state import Delta
+from producer.keys import Keys
+from producer.wire import decode_entry, encode_entry, encode_event
+
+GROUP = "aggregators"
+
+
+def count_events(entries: Sequence[PendingEntry]) -> Delta:
+    """A minimal delta: one counter per producer, incremented by each event's ``n``."""
+    d = Delta()
+    for e in entries:
+        for ev in e.events:
+            d.inc("events:0", f'["{e.producer_id}"]', float(ev["n"]))
+    return d
+
+
+def totals(client: redis.Redis, keys: Keys) -> dict[str, float]:
+    raw = client.hgetall(keys.metric(0, "c", "events:0"))
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
+def xadd(client: redis.Redis, keys: Keys, producer: str, seq: int, ns: Sequence[int]) -> str:
+    fields = encode_entry(producer, seq, [encode_event({"kind": "x", "t": 0, "n": n}) for n in ns], time.time())
+    return client.xadd(keys.stream(0), fields).decode()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def aclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+def settings(redis_url: str, namespace: str, consumer: str = "c1", **kw: object) -> AggregatorSettings:
+    return AggregatorSettings(redis_url=redis_url, namespace=namespace, consumer_name=consumer, **kw)  # type: ignore[arg-type]
+
+
+async def read(aclient: aioredis.Redis, keys: Keys, consumer: str, count: int = 100) -> list[PendingEntry]:
+    raw = await aclient.xreadgroup(GROUP, consumer, {keys.stream(0): ">"}, count=count)
+    out = []
+    for entry_id, fields in raw[0][1] if raw else []:
+        e = decode_entry(fields)
+        out.append(PendingEntry(entry_id.decode(), e.producer_id, e.seq, e.events))
+    return out
+
+
+async def test_batch_applied_once_and_acknowledged(
+    aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    for seq in range(1, 4):
+        xadd(redis_client, keys, "p1", seq, [1, 2])
+    applier = ShardApplier(aclient, keys, 0, GROUP, "c1")
+    batch = await read(aclient, keys, "c1")
+    result = await applier.apply(batch, [], count_events, time.time())
+    assert (result.applied_entries, result.applied_events, result.duplicate_entries) == (3, 6, 0)
+    assert totals(redis_client, keys) == {'["p1"]': 9.0}
+    assert redis_client.xpending(keys.stream(0), GROUP)["pending"] == 0
+    # Applying the same (now acknowledged) entries again changes nothing.
+    again = await applier.apply(batch, [], count_events, time.time())
+    assert again.applied_entries == 0 and len(again.not_owned) == 3
+    assert totals(redis_client, keys) == {'["p1"]': 9.0}
+    stats = redis_client.hgetall(keys.shard_stats(0))
+    assert stats[b"events_applied"] == b"6" and stats[b"entries_applied"] == b"3"
+    assert redis_client.hget(keys.applied_by_producer(0), "p1") == b"6"
+
+
+async def test_retried_producer_write_is_not_counted_twice(
+    aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    xadd(redis_client, keys, "p1", 1, [5])
+    xadd(redis_client, keys, "p1", 2, [7])
+    xadd(redis_client, keys, "p1", 1, [5])  # the retried copy of seq 1, in the same batch
+    applier = ShardApplier(aclient, keys, 0, GROUP, "c1")
+    r1 = await applier.apply(await read(aclient, keys, "c1"), [], count_events, time.time())
+    assert (r1.applied_entries, r1.duplicate_entries) == (2, 1)
+    xadd(redis_client, keys, "p1", 2, [7])  # a copy arriving in a later batch
+    r2 = await applier.apply(await read(aclient, keys, "c1"), [], count_events, time.time())
+    assert (r2.applied_entries, r2.duplicate_entries, r2.attempts) == (0, 1, 2)
+    assert totals(redis_client, keys) == {'["p1"]': 12.0}
+    assert redis_client.hget(keys.high_water_marks(0), "p1") == b"2"
+    assert redis_client.xpending(keys.stream(0), GROUP)["pending"] == 0
+
+
+async def test_out_of_order_sequences_across_consumers(
+    aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    for seq in range(1, 7):
+        xadd(redis_client, keys, "p1", seq, [1])
+    a = ShardApplier(aclient, keys, 0, GROUP, "a")
+    b = ShardApplier(aclient, keys, 0, GROUP, "b")
+    first = await read(aclient, keys, "a", count=3)
+    second = await read(aclient, keys, "b", count=3)
+    await b.apply(second, [], count_events, time.time())  # seqs 4-6 before 1-3
+    assert redis_client.hget(keys.high_water_marks(0), "p1") == b"0"
+    assert redis_client.zcard(keys.seen_above_mark(0, "p1")) == 3
+    await a.apply(first, [], count_events, time.time())
+    assert totals(redis_client, keys) == {'["p1"]': 6.0}
+    assert redis_client.hget(keys.high_water_marks(0), "p1") == b"6"
+    assert redis_client.zcard(keys.seen_above_mark(0, "p1")) == 0
+
+
+async def test_entry_claimed_away_from_a_slow_consumer_is_applied_once(
+    aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    ids = [xadd(redis_client, keys, "p1", seq, [1]) for seq in (1, 2)]
+    slow = ShardApplier(aclient, keys, 0, GROUP, "slow")
+    fast = ShardApplier(aclient, keys, 0, GROUP, "fast")
+    batch = await read(aclient, keys, "slow")
+    # The fast consumer claims one entry while the slow one still holds the batch.
+    claimed = redis_client.xclaim(keys.stream(0), GROUP, "fast", 0, [ids[0]])
+    assert len(claimed) == 1
+    r_fast = await fast.apply([batch[0]], [], count_events, time.time())
+    r_slow = await slow.apply(batch, [], count_events, time.time())
+    assert r_fast.applied_entries == 1
+    assert r_slow.applied_entries == 1 and r_slow.not_owned == (ids[0],)
+    assert totals(redis_client, keys) == {'["p1"]': 2.0}
+
+
+async def test_undecodable_entries_are_dead_lettered(
+    aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    s = settings(redis_url, namespace)
+    consumer = ShardConsumer(aclient, s, 0, count_events)
+    await consumer.ensure_group()
+    good = xadd(redis_client, keys, "p1", 1, [3])
+    bad_version = redis_client.xadd(keys.stream(0), {"v": "9.0", "p": "p1", "s": "2", "n": "0", "c": "json", "d": "[]"})
+    garbage = redis_client.xadd(keys.stream(0), {"v": "1.0", "p": "p1", "s": "3", "n": "1", "c": "json", "d": "{nope"})
+    raw = await aclient.xreadgroup(GROUP, "c1", {keys.stream(0): ">"}, count=10)
+    result = await consumer.process(raw[0][1])
+    assert (result.applied_entries, result.dead_entries) == (1, 2)
+    assert totals(redis_client, keys) == {'["p1"]': 3.0}
+    dead = redis_client.xrange(keys.dead_letters(0))
+    reasons = {f[b"dead_entry_id"].decode(): f[b"dead_reason"].decode() for _, f in dead}
+    assert reasons == {bad_version.decode(): "unknown_major", garbage.decode(): "undecodable"}
+    assert all(f[b"orig_p"] == b"p1" for _, f in dead)
+    assert redis_client.xpending(keys.stream(0), GROUP)["pending"] == 0
+    stats = redis_client.hgetall(keys.shard_stats(0))
+    assert stats[b"dead_unknown_major"] == b"1" and stats[b"dead_undecodable"] == b"1"
+    assert good
+
+
+async def test_trim_removes_only_processed_entries(
+    aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    for seq in range(1, 11):
+        xadd(redis_client, keys, "p1", seq, [1])
+    applier = ShardApplier(aclient, keys, 0, GROUP, "c1")
+    batch = await read(aclient, keys, "c1", count=6)
+    await applier.apply(batch[:4], [], count_events, time.time())  # 5 and 6 stay pending
+    hk = Housekeeper(aclient, keys, 0, settings(redis_url, namespace))
+    removed = await hk.trim()
+    assert removed == 4
+    remaining = [e for _, e in redis_client.xrange(keys.stream(0))]
+    assert [decode_entry(f).seq for f in remaining] == [5, 6, 7, 8, 9, 10]
+
+
+async def test_entries_removed_before_being_read_are_counted_lost(
+    aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    ids = [xadd(redis_client, keys, "p1", seq, [1]) for seq in range(1, 6)]
+    redis_client.xdel(keys.stream(0), ids[1], ids[2])  # seqs 2 and 3 vanish (e.g. a MAXLEN cap)
+    applier = ShardApplier(aclient, keys, 0, GROUP, "c1")
+    await applier.apply(await read(aclient, keys, "c1"), [], count_events, time.time())
+    assert redis_client.hget(keys.high_water_marks(0), "p1") == b"1"
+    hk = Housekeeper(aclient, keys, 0, settings(redis_url, namespace))
+    assert await hk.detect_lost() == 2
+    assert redis_client.hget(keys.high_water_marks(0), "p1") == b"5"
+    assert redis_client.hget(keys.shard_stats(0), "lost_entries") == b"2"
+    assert redis_client.hget(keys.lost_by_producer(0), "p1") == b"2"
+    assert await hk.detect_lost() == 0
+
+
+async def test_gap_still_in_flight_is_not_declared_lost(
+    aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    for seq in range(1, 4):
+        xadd(redis_client, keys, "p1", seq, [1])
+    slow = await read(aclient, keys, "slow", count=1)  # seq 1 pending at a slow consumer
+    rest = await read(aclient, keys, "fast")
+    await ShardApplier(aclient, keys, 0, GROUP, "fast").apply(rest, [], count_events, time.time())
+    hk = Housekeeper(aclient, keys, 0, settings(redis_url, namespace))
+    assert await hk.detect_lost() == 0
+    await ShardApplier(aclient, keys, 0, GROUP, "slow").apply(slow, [], count_events, time.time())
+    assert totals(redis_client, keys) == {'["p1"]': 3.0}
+    assert redis_client.hget(keys.high_water_marks(0), "p1") == b"3"
+
+
+async def test_dead_letter_needs_ownership(aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    entry = redis_client.xadd(keys.stream(0), {"v": "1.0"}).decode()
+    applier = ShardApplier(aclient, keys, 0, GROUP, "c1")
+    result = await applier.apply([], [DeadEntry(entry, "missing_field", "x")], count_events, time.time())
+    assert result.dead_entries == 0 and result.not_owned == (entry,)
+    assert redis_client.xlen(keys.dead_letters(0)) == 0
