@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import sys
 import time
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from typing import Any
 
 import litellm
 from litellm.constants import LITELLM_PROXY_MASTER_KEY_ALIAS as MASTER_KEY_ALIAS
+from litellm.exceptions import BudgetExceededError, MalformedRequestFieldError
 from litellm.integrations import prometheus as _prom
 from litellm.litellm_core_utils.core_helpers import (
     get_litellm_metadata_from_kwargs,
@@ -39,33 +41,25 @@ _get_custom_labels_from_tags = _prom.get_custom_labels_from_tags
 _combined_custom_metadata = _prom._get_combined_custom_metadata_from_standard_logging_payload
 PrometheusLogger = _prom.PrometheusLogger
 
-# v3 rate limiter headers: (descriptor in the header name, header type, rate_limit_type label).
-V3_RATE_LIMITS = (
-    ("api_key", "requests", "requests"),
-    ("api_key", "tokens", "tokens"),
-    ("team", "requests", "requests"),
-    ("team", "tokens", "tokens"),
-    ("model_per_project", "requests", "requests"),
-    ("model_per_project", "tokens", "tokens"),
-    ("model_per_project_itpm", "tokens", "input_tokens"),
-    ("model_per_project_otpm", "tokens", "output_tokens"),
-)
-_V3_HEADER_NAMES = tuple(
-    (f"x-ratelimit-{d}-limit-{h}", f"x-ratelimit-{d}-remaining-{h}", f"{d}:{t}") for d, h, t in V3_RATE_LIMITS
-)
-
-
 # -- small helpers -------------------------------------------------------------------------------
+
+
+_KNOWN_HASHES: set[str] = set()
 
 
 def is_hashed_key(value: str) -> bool:
     """A SHA-256 hex digest: the form LiteLLM stores and logs virtual keys in."""
+    if value in _KNOWN_HASHES:
+        return True
     if len(value) != 64:
         return False
     try:
         bytes.fromhex(value)
     except ValueError:
         return False
+    if len(_KNOWN_HASHES) >= 100_000:
+        _KNOWN_HASHES.clear()
+    _KNOWN_HASHES.add(value)
     return True
 
 
@@ -101,37 +95,10 @@ def epoch(value: object) -> float | None:
     return None
 
 
-def _seconds(start: object, end: object) -> float | None:
-    """``end - start`` in seconds when both are datetimes (LiteLLM's _safe_duration_seconds)."""
-    if isinstance(start, datetime) and isinstance(end, datetime):
-        return (end - start).total_seconds()
-    return None
-
-
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
-
-
-def _positive(value: object) -> float | None:
-    n = _number(value)
-    return n if n is not None and n > 0 else None
-
-
-def _gauge_reading(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    try:
-        return float(value)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _strict_int(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
 
 
 def _put(event: Event, name: str, value: object) -> None:
@@ -184,6 +151,19 @@ def _bounded_requested_model(requested_model: object, router_originated: bool = 
     return None if result is None else str(result)
 
 
+def skipped_as_invalid_key(logger: Any, kwargs: Mapping[str, Any], slp: Mapping[str, Any]) -> bool:
+    """LiteLLM's ``_should_skip_metrics_for_invalid_key``, cheap check first.
+
+    LiteLLM skips a call when it looks like an invalid-key request (status 401 or an auth-error
+    message) unless it is a real deployment failure. The deployment-failure test validates the
+    whole call with pydantic, so it only runs when the cheap test says "invalid key".
+    """
+    status = logger._extract_status_code(kwargs=kwargs)
+    if not logger._is_invalid_api_key_request(status, exception=kwargs.get("exception")):
+        return False
+    return bool(logger._should_skip_metrics_for_invalid_key(kwargs=kwargs, standard_logging_payload=slp))
+
+
 def exception_status(exc: object, with_code_fallback: bool = True) -> str | None:
     if exc is None:
         return None
@@ -196,41 +176,33 @@ def exception_status(exc: object, with_code_fallback: bool = True) -> str | None
 
 
 def exception_class(exc: object) -> str | None:
+    """LiteLLM's ``_get_exception_class_name`` (spec §2.6), without its per-call import."""
     if not isinstance(exc, BaseException):
         return None
-    return str(PrometheusLogger._get_exception_class_name(exc))  # type: ignore[arg-type]
+    legacy = getattr(exc, "prometheus_exception_class_name", None)
+    if isinstance(legacy, str) and legacy:
+        return legacy
+    if isinstance(exc, BudgetExceededError):
+        return "BudgetExceededError"
+    provider = getattr(exc, "llm_provider", None) or ""
+    prefix = f"{provider[0].upper()}{provider[1:]}." if isinstance(provider, str) and provider else ""
+    return prefix + type(exc).__name__
 
 
 # -- success ---------------------------------------------------------------------------------------
 
-# Request-metadata keys with the budget inputs the proxy carries (spec §4), shipped raw: which
-# of them are present decides whether auth's snapshot was carried, so presence is kept.
-BUDGET_KEYS = (
-    "user_api_key_spend",
-    "user_api_key_max_budget",
-    "user_api_key_budget_reset_at",
-    "user_api_key_team_spend",
-    "user_api_key_team_max_budget",
-    "user_api_key_team_table_max_budget",
-    "user_api_key_team_budget_reset_at",
-    "user_api_key_user_spend",
-    "user_api_key_user_max_budget",
-    "user_api_key_user_table_max_budget",
-    "user_api_key_user_budget_reset_at",
-    "user_api_key_user_alias",
-    "user_api_key_org_spend",
-    "user_api_key_org_max_budget",
-)
-# Response headers the metrics read (legacy ``x_ratelimit_*`` and the v3 limiter's ints).
-HEADER_KEYS = (
-    "x_ratelimit_remaining_requests",
-    "x_ratelimit_remaining_tokens",
-    "x-ratelimit-model_per_key-remaining-requests",
-    "x-ratelimit-model_per_key-remaining-tokens",
-    *(name for limit, remaining, _ in _V3_HEADER_NAMES for name in (limit, remaining)),
-)
-_HEADER_KEY_SET = frozenset(HEADER_KEYS)
+_HEADER_FIELDS = wire.HEADER_FIELDS
 _EMPTY: Mapping[str, Any] = {}
+_KEY_REMAINING_NAMES: dict[object, tuple[str, str]] = {}
+
+
+def _key_remaining_names(model_group: object) -> tuple[str, str]:
+    names = _KEY_REMAINING_NAMES.get(model_group)
+    if names is None:
+        names = (f"litellm-key-remaining-requests-{model_group}", f"litellm-key-remaining-tokens-{model_group}")
+        if len(_KEY_REMAINING_NAMES) < 10_000:
+            _KEY_REMAINING_NAMES[model_group] = names
+    return names
 
 
 def _service_tier(slp: Mapping[str, Any], usage: object) -> str | None:
@@ -253,48 +225,120 @@ def _service_tier(slp: Mapping[str, Any], usage: object) -> str | None:
     return None
 
 
+def _usage(usage: dict[str, Any]) -> list[Any]:
+    """The compact ``usage`` list (``wire.USAGE_FIELDS``): only the numbers the metrics read."""
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    cached = audio_in = write = reasoning = audio_out = None
+    if type(prompt) is dict:
+        cached = prompt.get("cached_tokens")
+        audio_in = prompt.get("audio_tokens")
+        write = prompt.get("cache_write_tokens")
+        if not isinstance(write, int) or isinstance(write, bool):
+            write = prompt.get("cache_creation_tokens")
+    if type(completion) is dict:
+        reasoning = completion.get("reasoning_tokens")
+        audio_out = completion.get("audio_tokens")
+    return [
+        cached,
+        write,
+        audio_in,
+        reasoning,
+        audio_out,
+        usage.get("duration_seconds"),
+        usage.get("output_image_count"),
+        usage.get("cache_read_input_tokens"),
+        usage.get("cache_creation_input_tokens"),
+    ]
+
+
+def _budget(pmd: Mapping[str, Any]) -> list[Any] | None:
+    """The ``budget`` list (``wire.BUDGET_FIELDS``): the request-metadata budget inputs, raw
+    (absent = null); None when the request carries none (plain SDK use)."""
+    if "user_api_key_spend" in pmd or "user_api_key_team_spend" in pmd or "user_api_key_user_spend" in pmd:
+        return list(map(pmd.get, wire.BUDGET_FIELDS))
+    return None
+
+
+_MD_NAMES = (
+    "user_api_key_hash",
+    "user_api_key_alias",
+    "user_api_key_team_id",
+    "user_api_key_team_alias",
+    "user_api_key_user_id",
+    "user_api_key_user_email",
+    "user_api_key_org_id",
+    "user_api_key_org_alias",
+    "user_api_key_project_id",
+    "user_api_key_project_alias",
+    "user_api_key_request_route",
+    "requester_ip_address",
+    "user_agent",
+)
+_SLP_NAMES = (
+    "model_group",
+    "model_id",
+    "api_base",
+    "custom_llm_provider",
+    "stream",
+    "cache_hit",
+    "response_cost",
+    "total_tokens",
+    "prompt_tokens",
+    "completion_tokens",
+)
+# LiteLLM builds the SLP and its metadata with every key present: one C-level lookup each.
+_md_values = operator.itemgetter(*_MD_NAMES)
+_slp_values = operator.itemgetter(*_SLP_NAMES)
+
+
 def success_event(
     logger: Any, kwargs: Mapping[str, Any], response_obj: Any, start_time: Any, end_time: Any
-) -> Event | None:
-    """The event for ``async_log_success_event``; None when LiteLLM's logger would skip it.
+) -> list[Any] | None:
+    """The event for ``async_log_success_event`` (a positional list, ``wire.SUCCESS_FIELDS``);
+    None when LiteLLM's logger would skip it.
 
-    This is the hot path of the whole product: one dict display, few calls. Pure derivations
-    (usage details, budget snapshots, rate-limit headers) ship raw and are resolved by the
-    aggregator.
+    This is the hot path of the whole product: C-level lookups, one list display, few calls,
+    only scalars (the event holds no reference to LiteLLM's objects).
     """
     slp = kwargs.get("standard_logging_object")
     if not isinstance(slp, dict):
         return None
-    if kwargs.get("exception") is not None and logger._should_skip_metrics_for_invalid_key(
-        kwargs=kwargs, standard_logging_payload=slp
-    ):
+    if kwargs.get("exception") is not None and skipped_as_invalid_key(logger, kwargs, slp):
         return None
     md = slp.get("metadata") or _EMPTY
+    try:
+        md_values = _md_values(md)
+    except (KeyError, TypeError):
+        md_values = tuple(md.get(k) for k in _MD_NAMES)
+    try:
+        slp_values = _slp_values(slp)
+    except KeyError:
+        slp_values = tuple(slp.get(k) for k in _SLP_NAMES)
     lp = kwargs.get("litellm_params") or _EMPTY
     pmd = lp.get("metadata") or _EMPTY
     lmd = lp.get("litellm_metadata") or _EMPTY
     request_md = lmd or pmd  # LiteLLM's get_litellm_metadata_from_kwargs
-    hidden = slp.get("hidden_params") or _EMPTY
-    headers = hidden.get("additional_headers") if type(hidden) is dict else None
+    hidden = slp.get("hidden_params")
+    if type(hidden) is not dict:
+        hidden = _EMPTY
     usage = md.get("usage_object")
-    key = md.get("user_api_key_hash")
-    if type(key) is str and not is_hashed_key(key):
-        key = normalize_api_key(key, md.get("user_api_key_alias"))
+
     kend = kwargs.get("end_time") or end_time
+    if not isinstance(kend, datetime):
+        kend = datetime.now()
     kstart = kwargs.get("start_time")
     api_start = kwargs.get("api_call_start_time")
     stream_true = kwargs.get("stream", False) is True
-    if not isinstance(kend, datetime):
-        kend = datetime.now()
-    latency: dict[str, float] = {}
-    if isinstance(kstart, datetime):
-        latency["total"] = (kend - kstart).total_seconds()
+    total = (kend - kstart).total_seconds() if isinstance(kstart, datetime) else None
+    api = ttft = None
     if isinstance(api_start, datetime):
-        latency["api"] = (kend - api_start).total_seconds()
+        api = (kend - api_start).total_seconds()
         if stream_true:
             cst = kwargs.get("completion_start_time")
             if isinstance(cst, datetime):
-                latency["ttft"] = (cst - api_start).total_seconds()
+                ttft = (cst - api_start).total_seconds()
+    basis = None
     if isinstance(start_time, datetime) and isinstance(end_time, datetime):
         # The basis of latency per output token uses the hook's positional times (spec §1.2).
         basis = (end_time - start_time).total_seconds()
@@ -302,79 +346,60 @@ def success_event(
             cst = kwargs.get("completion_start_time", end_time)
             if isinstance(cst, datetime):
                 basis = (cst - start_time).total_seconds() or basis
-        latency["per_token_basis"] = basis
-    queue = pmd.get("queue_time_seconds")
-    if queue is not None:
-        latency["queue"] = queue
+
+    headers = hidden.get("additional_headers")
     model_info = request_md.get("model_info")
-    ev: Event = {
-        "kind": wire.SUCCESS,
-        "t": kend.timestamp(),
-        "hashed_api_key": key,
-        "api_key_alias": md.get("user_api_key_alias"),
-        "team": md.get("user_api_key_team_id"),
-        "team_alias": md.get("user_api_key_team_alias"),
-        "user": md.get("user_api_key_user_id"),
-        "user_email": md.get("user_api_key_user_email"),
-        "org_id": md.get("user_api_key_org_id"),
-        "org_alias": md.get("user_api_key_org_alias"),
-        "project_id": md.get("user_api_key_project_id"),
-        "project_alias": md.get("user_api_key_project_alias"),
-        "route": md.get("user_api_key_request_route"),
-        "client_ip": md.get("requester_ip_address"),
-        "user_agent": md.get("user_agent"),
-        "model": kwargs.get("model", ""),
-        "model_group": slp.get("model_group"),
-        "model_id": slp.get("model_id"),
-        "api_base": slp.get("api_base"),
-        "api_provider": slp.get("custom_llm_provider"),
-        "stream": slp.get("stream"),
-        "service_tier": _service_tier(slp, usage),
-        "cache_hit": slp.get("cache_hit"),
-        "response_cost": slp.get("response_cost"),
-        "total_tokens": slp.get("total_tokens"),
-        "prompt_tokens": slp.get("prompt_tokens"),
-        "completion_tokens": slp.get("completion_tokens"),
-        "latency": latency,
-        "usage": usage if type(usage) is dict else None,
-        # LiteLLM skips the deployment block when SLP lacks these keys (spec §5).
-        "has_deployment": "api_base" in slp and type(hidden) is dict and "additional_headers" in hidden,
-        "deployment_provider": lp.get("custom_llm_provider"),
-        "deployment_model_info": model_info if type(model_info) is dict else None,
-        "deployment_tpm": lp.get("tpm"),
-        "deployment_rpm": lp.get("rpm"),
-        "overhead_ms": hidden.get("litellm_overhead_time_ms") if type(hidden) is dict else None,
-        "headers": {k: v for k, v in headers.items() if k in _HEADER_KEY_SET} if type(headers) is dict else None,
-        "key_model_group": (lmd if "litellm_metadata" in kwargs else pmd).get("model_group"),
-        "budget": {k: pmd[k] for k in BUDGET_KEYS if k in pmd},
-    }
-    key_model_group = ev["key_model_group"]
-    for rtype in ("requests", "tokens"):
-        remaining = pmd.get(f"litellm-key-remaining-{rtype}-{key_model_group}")
-        if remaining is not None:
-            ev[f"key_remaining_{rtype}"] = remaining
-    # Optional parts: present only when configured or when the call has them.
+    if type(model_info) is not dict:
+        model_info = _EMPTY
+    key_md = lmd if "litellm_metadata" in kwargs else pmd
+    key_model_group = key_md.get("model_group") if type(key_md) is dict else None
+    remaining_names = _key_remaining_names(key_model_group)
     end_user = lp.get("user_api_key_end_user_id") or request_md.get("user_api_key_end_user_id")
-    if end_user:
-        ev["end_user"] = end_user_for_prometheus(end_user)
     original = pmd.get("original_model_group") or lmd.get("original_model_group")
-    if isinstance(original, str) and original and original != ev["model_group"]:
-        ev["original_model_group"] = original
-    if litellm.custom_prometheus_metadata_labels:
-        ev["custom_labels"] = _custom_labels(slp)
-    if litellm.custom_prometheus_tags:
-        ev["tag_labels"] = _tag_labels(slp.get("request_tags") or [])
-    if litellm.prometheus_emit_input_sequence_length_label:
-        ev["input_sequence_length"] = PrometheusLogger._get_input_sequence_length(slp, kwargs, response_obj)
+    model_group = slp_values[0]
     zero_cost = slp.get("zero_cost_diagnostic")
-    if type(zero_cost) is dict:
-        ev["zero_cost_reason"] = zero_cost.get("reason")
     mcp = md.get("mcp_tool_call_metadata")
-    if type(mcp) is dict:
-        ev["mcp"] = {"tool": mcp.get("name"), "server": mcp.get("mcp_server_name")}
-    if slp.get("guardrail_information"):
-        ev["guardrail_overhead"] = _guardrail_overhead(slp)
-    return ev
+    event = [
+        wire.SUCCESS,
+        kend.timestamp(),
+        *md_values,
+        *slp_values,
+        end_user_for_prometheus(end_user) if end_user else None,
+        kwargs.get("model", ""),
+        original if isinstance(original, str) and original and original != model_group else None,
+        _service_tier(slp, usage),
+        total,
+        api,
+        ttft,
+        pmd.get("queue_time_seconds"),
+        basis,
+        _usage(usage) if type(usage) is dict else None,
+        # LiteLLM skips the deployment block when SLP lacks these keys (spec §5).
+        "api_base" in slp and "additional_headers" in hidden,
+        lp.get("custom_llm_provider"),
+        model_info.get("id"),
+        model_info.get("tpm") or lp.get("tpm"),
+        model_info.get("rpm") or lp.get("rpm"),
+        hidden.get("litellm_overhead_time_ms"),
+        _guardrail_overhead(slp) if slp.get("guardrail_information") else None,
+        list(map(headers.get, _HEADER_FIELDS)) if type(headers) is dict and headers else None,
+        key_model_group,
+        pmd.get(remaining_names[0]),
+        pmd.get(remaining_names[1]),
+        _budget(pmd),
+        _custom_labels(slp) if litellm.custom_prometheus_metadata_labels else None,
+        _tag_labels(slp.get("request_tags") or []) if litellm.custom_prometheus_tags else None,
+        PrometheusLogger._get_input_sequence_length(slp, kwargs, response_obj)
+        if litellm.prometheus_emit_input_sequence_length_label
+        else None,
+        zero_cost.get("reason") if type(zero_cost) is dict else None,
+        mcp.get("name") if type(mcp) is dict else None,
+        mcp.get("mcp_server_name") if type(mcp) is dict else None,
+    ]
+    key = event[2]
+    if type(key) is str and not is_hashed_key(key):
+        event[2] = normalize_api_key(key, event[3])
+    return event
 
 
 def _guardrail_overhead(slp: Mapping[str, Any]) -> float:
@@ -390,7 +415,7 @@ def _guardrail_overhead(slp: Mapping[str, Any]) -> float:
 def failure_event(logger: Any, kwargs: Mapping[str, Any]) -> Event | None:
     """The event for ``async_log_failure_event``; None when LiteLLM's logger would skip it."""
     slp = kwargs.get("standard_logging_object") or {}
-    if logger._should_skip_metrics_for_invalid_key(kwargs=kwargs, standard_logging_payload=slp):
+    if skipped_as_invalid_key(logger, kwargs, slp):
         return None
     md = slp.get("metadata") or {}
     lp = kwargs.get("litellm_params") or {}
@@ -429,8 +454,6 @@ def _deployment_failure(
     logger: Any, kwargs: Mapping[str, Any], slp: Mapping[str, Any], lp: Mapping[str, Any], exc: object
 ) -> dict[str, Any]:
     """Label values of the deployment failure counters, resolved as LiteLLM does (spec §2.4)."""
-    from litellm.exceptions import MalformedRequestFieldError
-
     model = kwargs.get("model")
     model_group = slp.get("model_group")
     model_id = slp.get("model_id")
@@ -444,7 +467,7 @@ def _deployment_failure(
         model_group = (lp.get("litellm_metadata") or {}).get("model_group") or (lp.get("metadata") or {}).get(
             "model_group"
         )
-    ids = logger._extract_deployment_failure_label_values(dict(kwargs))
+    ids = logger._extract_deployment_failure_label_values(kwargs)
     md = slp.get("metadata") or {}
     selected = (
         bool(model_id)
@@ -472,7 +495,7 @@ def _deployment_failure(
             litellm_model_name=model,
             model_id=model_id,
             api_base=api_base,
-            api_provider=PrometheusLogger._extract_deployment_api_provider(dict(kwargs)),
+            api_provider=_deployment_api_provider(kwargs, lp),
             requested_model=model_group or model,
             model_group=model_group,
             state_api_provider=lp.get("custom_llm_provider") or "",
@@ -497,6 +520,15 @@ def logged_api_key(user_api_key_dict: Any) -> object:
     if getattr(user_api_key_dict, "is_session_token", False) and alias:
         return alias
     return getattr(user_api_key_dict, "api_key", None)
+
+
+def _deployment_api_provider(kwargs: Mapping[str, Any], lp: Mapping[str, Any]) -> str:
+    """LiteLLM's ``_extract_deployment_api_provider``; its first (and usual) answer without the
+    pydantic validation of the whole call."""
+    provider = lp.get("custom_llm_provider")
+    if isinstance(provider, str) and provider:
+        return provider
+    return str(PrometheusLogger._extract_deployment_api_provider(kwargs))
 
 
 def post_call_failure_event(

@@ -44,8 +44,9 @@ class ProducerSettings:
     # 0 disables the cap. With a cap, Redis may trim entries the aggregator has not read yet;
     # the aggregator detects the gap through the per-producer sequence numbers.
     stream_maxlen: int = 0
-    # Entries whose JSON is at least this long are zlib-compressed; 0 disables compression.
-    compress_min_bytes: int = 8192
+    # Entries whose JSON is at least this long are zlib-compressed; 0 (the default) disables it.
+    # Compression saves Redis memory but costs the proxy CPU (docs/benchmarks.md).
+    compress_min_bytes: int = 0
 
     def __post_init__(self) -> None:
         try:

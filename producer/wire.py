@@ -90,6 +90,137 @@ EVENT_KINDS = frozenset(
 )
 
 
+# The success event, built on the request path of every call, travels as a JSON *array* in this
+# field order (kind first) instead of an object: smaller and cheaper to build and encode.
+# Readers turn it into an object with these names. New fields are only ever appended; a reader
+# treats missing trailing fields as null and ignores fields beyond the ones it knows.
+SUCCESS_FIELDS = (
+    "kind",
+    "t",
+    # from the SLP metadata, in this order
+    "hashed_api_key",
+    "api_key_alias",
+    "team",
+    "team_alias",
+    "user",
+    "user_email",
+    "org_id",
+    "org_alias",
+    "project_id",
+    "project_alias",
+    "route",
+    "client_ip",
+    "user_agent",
+    # from the SLP, in this order
+    "model_group",
+    "model_id",
+    "api_base",
+    "api_provider",
+    "stream",
+    "cache_hit",
+    "response_cost",
+    "total_tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    # resolved by the producer
+    "end_user",
+    "model",
+    "original_model_group",
+    "service_tier",
+    "latency_total",
+    "latency_api",
+    "latency_ttft",
+    "latency_queue",
+    "latency_per_token_basis",
+    "usage",
+    "has_deployment",
+    "deployment_provider",
+    "deployment_model_id",
+    "deployment_tpm",
+    "deployment_rpm",
+    "overhead_ms",
+    "guardrail_overhead",
+    "headers",
+    "key_model_group",
+    "key_remaining_requests",
+    "key_remaining_tokens",
+    "budget",
+    "custom_labels",
+    "tag_labels",
+    "input_sequence_length",
+    "zero_cost_reason",
+    "mcp_tool",
+    "mcp_server",
+)
+# The compact ``usage`` list of a success event (SLP metadata ``usage_object``), in this order.
+USAGE_FIELDS = (
+    "cached_tokens",  # prompt_tokens_details.cached_tokens
+    "cache_write_tokens",  # prompt_tokens_details.cache_write_tokens, else .cache_creation_tokens (ints)
+    "input_audio_tokens",  # prompt_tokens_details.audio_tokens
+    "reasoning_tokens",  # completion_tokens_details.reasoning_tokens
+    "output_audio_tokens",  # completion_tokens_details.audio_tokens
+    "duration_seconds",
+    "output_image_count",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+# The ``headers`` list of a success event: these response headers, in this order (absent = null);
+# null when the call had no additional headers at all.
+V3_RATE_LIMITS = (
+    ("api_key", "requests", "requests"),
+    ("api_key", "tokens", "tokens"),
+    ("team", "requests", "requests"),
+    ("team", "tokens", "tokens"),
+    ("model_per_project", "requests", "requests"),
+    ("model_per_project", "tokens", "tokens"),
+    ("model_per_project_itpm", "tokens", "input_tokens"),
+    ("model_per_project_otpm", "tokens", "output_tokens"),
+)
+HEADER_FIELDS = (
+    "x_ratelimit_remaining_requests",
+    "x_ratelimit_remaining_tokens",
+    "x-ratelimit-model_per_key-remaining-requests",
+    "x-ratelimit-model_per_key-remaining-tokens",
+    *(f"x-ratelimit-{d}-{part}-{h}" for d, h, _t in V3_RATE_LIMITS for part in ("limit", "remaining")),
+)
+# The ``budget`` list of a success event: these request-metadata keys, raw (absent = null), in
+# this order. Readers resolve them as LiteLLM does (spec §4): spend excludes this call's cost; a
+# max budget falls back to the ``table`` value auth carried. Reset times are ISO 8601 text or
+# numbers as the proxy carried them (a datetime without offset is UTC).
+BUDGET_FIELDS = (
+    "user_api_key_spend",
+    "user_api_key_max_budget",
+    "user_api_key_budget_reset_at",
+    "user_api_key_team_spend",
+    "user_api_key_team_max_budget",
+    "user_api_key_team_table_max_budget",
+    "user_api_key_team_budget_reset_at",
+    "user_api_key_user_spend",
+    "user_api_key_user_max_budget",
+    "user_api_key_user_table_max_budget",
+    "user_api_key_user_budget_reset_at",
+    "user_api_key_user_alias",
+    "user_api_key_org_spend",
+    "user_api_key_org_max_budget",
+)
+
+
+def headers_as_dict(values: object) -> dict[str, Any]:
+    """The ``headers`` list of a success event as a name -> value mapping (set values only)."""
+    if not isinstance(values, list):
+        return {}
+    return {k: v for k, v in zip(HEADER_FIELDS, values, strict=False) if v is not None}
+
+
+def as_object(event: object, names: tuple[str, ...]) -> dict[str, Any] | None:
+    """A positional event as an object (missing trailing fields are null, extra ones ignored)."""
+    if not isinstance(event, list):
+        return None
+    out = dict.fromkeys(names)
+    out.update(zip(names, event, strict=False))
+    return out
+
+
 class WireError(ValueError):
     """An entry that cannot be read. ``reason`` is a short stable code for dead-lettering."""
 
@@ -105,9 +236,12 @@ def _default(value: object) -> object:
     return str(value)
 
 
-def encode_event(event: Mapping[str, Any]) -> bytes:
+def encode_event(event: Mapping[str, Any] | list[Any]) -> bytes:
     """Serialise one event. Non-string keys and exotic values are stringified, never rejected."""
-    return orjson.dumps(event, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(event)
+    except TypeError:
+        return orjson.dumps(event, default=_default, option=orjson.OPT_NON_STR_KEYS)
 
 
 def encode_entry(
@@ -193,8 +327,15 @@ def decode_entry(fields: Mapping[bytes, bytes], max_decoded_bytes: int = 64 * 10
         events = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise WireError("undecodable", f"json: {exc}") from exc
-    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-        raise WireError("invalid", "payload is not a list of event objects")
+    if not isinstance(events, list):
+        raise WireError("invalid", "payload is not a list of events")
+    for i, e in enumerate(events):
+        if isinstance(e, list):
+            if not e or e[0] != SUCCESS:
+                raise WireError("invalid", f"event {i}: unknown positional event kind")
+            events[i] = as_object(e, SUCCESS_FIELDS)
+        elif not isinstance(e, dict):
+            raise WireError("invalid", f"event {i} is neither an object nor a positional event")
     if len(events) != count:
         raise WireError("count_mismatch", f"header says {count} events, payload has {len(events)}")
     return Entry(major, minor, producer_id, seq, built_at, events)

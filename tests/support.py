@@ -65,3 +65,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 def producer_stats(client: redis.Redis, namespace: str, producer_id: str) -> dict[str, str]:
     raw = client.hgetall(Keys(namespace).producer_stats(producer_id))
     return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def latency_of(event: dict[str, Any]) -> dict[str, float]:
+    """The latency fields of a success event that are set, without the ``latency_`` prefix."""
+    return {k[8:]: v for k, v in event.items() if k.startswith("latency_") and v is not None}
+
+
+def headers_of(event: dict[str, Any]) -> dict[str, Any]:
+    """The ``headers`` field of a success event as a name -> value mapping."""
+    from producer.wire import headers_as_dict
+
+    return headers_as_dict(event.get("headers"))
