@@ -1,0 +1,93 @@
+"""The aggregator process: one consumer per stream shard, stopped cleanly by SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from aggregator.consumer import ShardConsumer
+from aggregator.engine import Engine
+from aggregator.litellm_config import MetricsConfig
+from aggregator.settings import AggregatorSettings
+
+log = logging.getLogger("litellm_stream_metrics.aggregator")
+
+
+def create_client(settings: AggregatorSettings) -> aioredis.Redis:
+    """Explicit timeouts; a few retries are safe here because applying a batch is idempotent
+    (a re-sent apply finds its entries acknowledged and writes nothing)."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.socket_timeout,
+        socket_connect_timeout=settings.connect_timeout,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        health_check_interval=30,
+    )
+
+
+def load_metrics_config(settings: AggregatorSettings) -> MetricsConfig:
+    if settings.litellm_config:
+        return MetricsConfig.from_config_file(settings.litellm_config)
+    return MetricsConfig.from_litellm_settings({})
+
+
+class Aggregator:
+    """Runs the shard consumers until ``stop`` is set."""
+
+    def __init__(self, settings: AggregatorSettings, config: MetricsConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or load_metrics_config(settings)
+        self.engine = Engine(self.config)
+        self.client = create_client(settings)
+        self.consumers = [
+            ShardConsumer(self.client, settings, shard, self.engine.build_delta) for shard in range(settings.shards)
+        ]
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        log.info(
+            "aggregator %s: namespace %s, %d shard(s), group %s, redis %s",
+            self.settings.consumer_name,
+            self.settings.namespace,
+            self.settings.shards,
+            self.settings.group,
+            _safe_url(self.settings.redis_url),
+        )
+        try:
+            await asyncio.gather(*(c.run(self.stop) for c in self.consumers))
+        finally:
+            await self.client.aclose()
+        log.info("aggregator %s stopped", self.settings.consumer_name)
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s: finishing the batch in hand, then stopping", sig.name)
+        self.stop.set()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+async def run_aggregator(settings: AggregatorSettings, config: MetricsConfig | None = None) -> None:
+    agg = Aggregator(settings, config)
+    agg.install_signal_handlers(asyncio.get_running_loop())
+    await agg.run()
+
+
+def describe(config: MetricsConfig) -> Sequence[str]:
+    """One line per enabled metric: what ``check-config`` prints."""
+    return [f"{m.kind:9} {m.name} [{', '.join(m.labels)}]" for m in config.metrics()]
