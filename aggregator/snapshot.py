@@ -95,7 +95,7 @@ def read_families(client: redis.Redis, keys: Keys, engine: Engine) -> dict[str, 
     return families
 
 
-def _values(field_name: bytes) -> list[str]:
+def _values(field_name: bytes | str) -> list[str]:
     return [("None" if v is None else str(v)) for v in decode_series(field_name)]
 
 
