@@ -86,7 +86,8 @@ def producer_health(client: redis.Redis, keys: Keys) -> list[ProducerHealth]:
         for k, v in client.hgetall(keys.lost_by_producer(shard)).items():
             lost[_text(k)] = lost.get(_text(k), 0) + int(v)
     out = []
-    for raw_id, score in client.zrange(keys.producer_registry(), 0, -1, withscores=True):
+    registry: Any = client.zrange(keys.producer_registry(), 0, -1, withscores=True)
+    for raw_id, score in registry:
         pid = _text(raw_id)
         stats = {_text(k): _text(v) for k, v in client.hgetall(keys.producer_stats(pid)).items()}
         dropped = sum(int(v) for k, v in stats.items() if k.startswith("events_dropped_"))
