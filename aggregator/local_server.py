@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -165,3 +166,17 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def default_redis(log: Callable[[str], None] = print) -> tuple[str, LocalServer | None]:
+    """The Redis to use when the user gave none: ``LSM_REDIS_URL`` / ``REDIS_URL`` if set, else
+    127.0.0.1:6379 if it answers, else a private server started here (the caller closes it)."""
+    given = os.environ.get("LSM_REDIS_URL") or os.environ.get("REDIS_URL")
+    if given:
+        return given, None
+    if _ping(6379):
+        log("using Redis at redis://127.0.0.1:6379/0")
+        return "redis://127.0.0.1:6379/0", None
+    server = LocalServer().start()
+    log(f"started a private Redis-compatible server ({Path(server.binary).name}) at {server.url}")
+    return server.url, server

@@ -245,33 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.rate <= 0 or a.keys < 1 or a.teams < 1:
         p.error("--rate, --keys and --teams must be positive")
-    server = None
-    if not (os.environ.get("LSM_REDIS_URL") or os.environ.get("REDIS_URL")):
-        server = _default_server()
+    from aggregator.local_server import default_redis
+
+    url, server = default_redis(lambda msg: print(f"[traffic] {msg}", flush=True))
+    os.environ["LSM_REDIS_URL"] = url
     try:
         return asyncio.run(run(a.rate, a.seconds, a.keys, a.teams, a.seed, a.quiet))
     finally:
         if server is not None:
             server.close()
-
-
-def _default_server() -> Any:
-    """Use Redis on 127.0.0.1:6379 if it answers, else start a private embedded server."""
-    import redis
-
-    try:
-        if redis.Redis(socket_connect_timeout=0.5, socket_timeout=0.5).ping():
-            os.environ["LSM_REDIS_URL"] = "redis://127.0.0.1:6379/0"
-            print("[traffic] using Redis at redis://127.0.0.1:6379/0", flush=True)
-            return None
-    except redis.RedisError:
-        pass
-    from aggregator.local_server import LocalServer
-
-    server = LocalServer().start()
-    os.environ["LSM_REDIS_URL"] = server.url
-    print(f"[traffic] started a private Redis-compatible server at {server.url}", flush=True)
-    return server
 
 
 if __name__ == "__main__":
