@@ -1,0 +1,314 @@
+#!/usr/bin/env python
+"""Aggregator benchmark: sustained events/s of one aggregator process, Redis cost per series,
+and write-to-applied latency, side by side with LiteLLM's in-process logger on the same calls.
+
+Scenarios (same generator as ``producer_bench.py``: 200 keys in 50 teams, 20 model groups, 30%
+streaming, 9% failures):
+
+* ``realistic``: the calls as generated;
+* ``worst``: every call a new end user, with LiteLLM's end-user labels on
+  (``enable_end_user_cost_tracking_prometheus_only``): every event makes new series.
+
+For each scenario the calls go through the real producer (``StreamMetricsLogger``) into a
+fresh namespace; then one aggregator (in this process, one core) applies the backlog and we
+measure its throughput and CPU, Redis CPU and memory per series. LiteLLM's ``PrometheusLogger``
+processes the same calls in this process for the side-by-side rate.
+
+Latency: a producer thread writes at ``--rate`` events/s for ``--latency-seconds`` while the
+aggregator runs; for every applied entry we record (time applied - time the entry was built).
+
+    LITELLM_LOCAL_MODEL_COST_MAP=True python bench/aggregator_bench.py [--events 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import producer_bench as pb
+import redis
+
+from aggregator.apply import ShardApplier
+from aggregator.consumer import ShardConsumer
+from aggregator.daemon import create_client
+from aggregator.engine import Engine
+from aggregator.litellm_config import MetricsConfig
+from aggregator.settings import AggregatorSettings
+from producer.keys import Keys
+from producer.settings import ProducerSettings
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info: Any = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _used_memory(client: redis.Redis) -> int:
+    info: Any = client.info("memory")
+    return int(info["used_memory"])
+
+
+def _delete(client: redis.Redis, namespace: str) -> None:
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+
+
+def _series_count(client: redis.Redis, namespace: str) -> int:
+    total = 0
+    for k in client.scan_iter(match=f"{namespace}:{{s0}}:[chg]:*", count=1000):
+        n = int(client.hlen(k))
+        if b":h:" in k:
+            n = n // 10  # histogram series: about ten fields each (buckets hit, sum, count)
+        total += n
+    return total
+
+
+def produce(calls: list[pb.Call], redis_url: str, namespace: str, end_users: bool) -> int:
+    """Feed the calls to the real producer; returns events sent."""
+    import litellm
+
+    from producer.callback import StreamMetricsLogger
+
+    litellm.enable_end_user_cost_tracking_prometheus_only = True if end_users else None
+    logger = StreamMetricsLogger(
+        settings=ProducerSettings(redis_url=redis_url, namespace=namespace, buffer_max_events=10_000_000,
+                                  buffer_max_bytes=8 * 1024**3)
+    )  # fmt: skip
+
+    async def feed() -> None:
+        for ok, kwargs, response_obj, start_time, end_time in calls:
+            hook = logger.async_log_success_event if ok else logger.async_log_failure_event
+            await hook(kwargs, response_obj, start_time, end_time)
+
+    asyncio.run(feed())
+    logger.close(timeout=300)
+    litellm.enable_end_user_cost_tracking_prometheus_only = None
+    return int(logger.emitter.counters.sent)
+
+
+async def apply_backlog(redis_url: str, namespace: str, events: int, config: MetricsConfig) -> dict[str, float]:
+    settings = AggregatorSettings(redis_url=redis_url, namespace=namespace, consumer_name="bench", read_count=100)
+    engine = Engine(config)
+    client = create_client(settings)
+    consumer = ShardConsumer(client, settings, 0, engine.build_delta)
+    await consumer.ensure_group()
+    sync = redis.Redis.from_url(redis_url)
+    stats_key = Keys(namespace).shard_stats(0)
+    mem0 = _used_memory(sync)
+    rcpu0 = _redis_cpu(sync)
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    while True:
+        await asyncio.sleep(0.05)
+        applied = int(sync.hget(stats_key, "events_applied") or 0)
+        if applied >= events:
+            break
+        if task.done():
+            task.result()
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    rcpu = _redis_cpu(sync) - rcpu0
+    stop.set()
+    await task
+    await consumer.housekeeper.trim()
+    series = _series_count(sync, namespace)
+    mem = _used_memory(sync) - mem0
+    await client.aclose()
+    sync.close()
+    return {
+        "events": events,
+        "wall_s": wall,
+        "events_per_s": events / wall,
+        "cpu_us_per_event": cpu * 1e6 / events,
+        "redis_cpu_us_per_event": rcpu * 1e6 / events,
+        "series": series,
+        "redis_bytes_per_series": mem / max(series, 1),
+        "batches": consumer.counters.batches,
+    }
+
+
+async def feed_warmup(logger: Any, calls: list[pb.Call]) -> None:
+    for ok, kwargs, response_obj, start_time, end_time in calls:
+        hook = logger.async_log_success_event if ok else logger.async_log_failure_event
+        await hook(kwargs, response_obj, start_time, end_time)
+
+
+def litellm_rate(calls: list[pb.Call], end_users: bool) -> float:
+    import litellm
+    from litellm.integrations.prometheus import PrometheusLogger
+    from prometheus_client import REGISTRY
+
+    litellm.enable_end_user_cost_tracking_prometheus_only = True if end_users else None
+    before = set(REGISTRY._collector_to_names)
+    logger = PrometheusLogger()
+
+    async def feed() -> None:
+        for ok, kwargs, response_obj, start_time, end_time in calls:
+            hook = logger.async_log_success_event if ok else logger.async_log_failure_event
+            await hook(kwargs, response_obj, start_time, end_time)
+
+    asyncio.run(feed_warmup(logger, calls[:200]))  # lazy imports (the proxy modules) are not counted
+    cpu0 = time.process_time()
+    asyncio.run(feed())
+    cpu = time.process_time() - cpu0
+    for collector in set(REGISTRY._collector_to_names) - before:
+        REGISTRY.unregister(collector)
+    litellm.enable_end_user_cost_tracking_prometheus_only = None
+    return len(calls) / cpu
+
+
+async def latency(
+    redis_url: str, namespace: str, calls: list[pb.Call], rate: float, seconds: float
+) -> dict[str, float]:
+    """Producer at ``rate`` events/s in a thread; aggregator in this loop; per-entry latency."""
+    import litellm
+
+    from producer.callback import StreamMetricsLogger
+
+    litellm.enable_end_user_cost_tracking_prometheus_only = None
+    logger = StreamMetricsLogger(settings=ProducerSettings(redis_url=redis_url, namespace=namespace))
+    settings = AggregatorSettings(
+        redis_url=redis_url, namespace=namespace, consumer_name="bench-lat", block_seconds=0.05
+    )
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+    client = create_client(settings)
+    consumer = ShardConsumer(client, settings, 0, engine.build_delta)
+    await consumer.ensure_group()
+    samples: list[float] = []
+    original = ShardApplier.apply
+
+    async def timed_apply(self: ShardApplier, entries: Any, dead: Any, build: Any, now: float) -> Any:
+        result = await original(self, entries, dead, build, now)
+        done = time.time()
+        built = {e.entry_id: e for e in entries}
+        for entry in built.values():
+            samples.append(done - _built_at(entry.entry_id))
+        return result
+
+    ShardApplier.apply = timed_apply  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    total = int(rate * seconds)
+
+    def produce_paced() -> None:
+        loop = asyncio.new_event_loop()
+        start = time.perf_counter()
+        for i in range(total):
+            ok, kwargs, response_obj, start_time, end_time = calls[i % len(calls)]
+            hook = logger.async_log_success_event if ok else logger.async_log_failure_event
+            loop.run_until_complete(hook(kwargs, response_obj, start_time, end_time))
+            ahead = (i + 1) / rate - (time.perf_counter() - start)
+            if ahead > 0.002:
+                time.sleep(ahead)
+        logger.close()
+        loop.close()
+
+    t = threading.Thread(target=produce_paced)
+    t.start()
+    await asyncio.to_thread(t.join)
+    sync = redis.Redis.from_url(redis_url)
+    stats_key = Keys(namespace).shard_stats(0)
+    while int(sync.hget(stats_key, "events_applied") or 0) < logger.emitter.counters.sent:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    ShardApplier.apply = original  # type: ignore[method-assign]
+    await client.aclose()
+    sync.close()
+    samples.sort()
+    return {
+        "entries": len(samples),
+        "p50_ms": 1000 * statistics.median(samples),
+        "p99_ms": 1000 * samples[min(len(samples) - 1, int(0.99 * len(samples)))],
+        "max_ms": 1000 * samples[-1],
+    }
+
+
+def _built_at(entry_id: str) -> float:
+    """A stream entry id starts with the Redis time (ms) when it was added."""
+    return int(entry_id.partition("-")[0]) / 1000
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=50_000, help="calls per scenario (default 50000)")
+    p.add_argument("--litellm-events", type=int, default=5_000, help="calls fed to LiteLLM's logger (default 5000)")
+    p.add_argument("--rate", type=float, default=10_000, help="events/s for the latency run (default 10000)")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--skip-litellm", action="store_true")
+    a = p.parse_args()
+    bench_id = uuid.uuid4().hex[:8]
+    sync = redis.Redis.from_url(a.redis_url)
+    n_fail = a.events // 11
+    print(f"generating {a.events:,} calls ...", file=sys.stderr)
+    calls = pb.build_calls(a.events - n_fail, n_fail)
+    gc.collect()
+    rows: list[tuple[str, dict[str, float], float | None]] = []
+    for scenario in ("realistic", "worst"):
+        worst = scenario == "worst"
+        if worst:
+            for i, (_ok, kwargs, *_rest) in enumerate(calls):
+                kwargs["litellm_params"]["user_api_key_end_user_id"] = f"end-user-{bench_id}-{i}"
+        ns = f"lsmbench-agg-{bench_id}-{scenario}"
+        try:
+            print(f"[{scenario}] producing ...", file=sys.stderr)
+            sent = produce(calls, a.redis_url, ns, worst)
+            config = MetricsConfig.from_litellm_settings({})
+            print(f"[{scenario}] applying {sent:,} events with one aggregator ...", file=sys.stderr)
+            result = asyncio.run(apply_backlog(a.redis_url, ns, sent, config))
+        finally:
+            _delete(sync, ns)
+        lite = None
+        if not a.skip_litellm:
+            print(f"[{scenario}] LiteLLM's logger on {a.litellm_events:,} of the same calls ...", file=sys.stderr)
+            lite = litellm_rate(calls[: a.litellm_events], worst)
+        rows.append((scenario, result, lite))
+    for _ok, kwargs, *_rest in calls:
+        kwargs["litellm_params"]["user_api_key_end_user_id"] = None
+    ns = f"lsmbench-agg-{bench_id}-latency"
+    try:
+        print(f"[latency] {a.rate:,.0f} events/s for {a.latency_seconds:g} s ...", file=sys.stderr)
+        lat = asyncio.run(latency(a.redis_url, ns, calls, a.rate, a.latency_seconds))
+    finally:
+        _delete(sync, ns)
+    print(
+        "| scenario | events | aggregator events/s (one process) | aggregator CPU µs/event | "
+        "Redis CPU µs/event | series | Redis bytes/series | LiteLLM logger events/s (one core) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for scenario, r, lite in rows:
+        print(
+            f"| {scenario} | {r['events']:,.0f} | {r['events_per_s']:,.0f} | {r['cpu_us_per_event']:.1f} | "
+            f"{r['redis_cpu_us_per_event']:.1f} | {r['series']:,.0f} | {r['redis_bytes_per_series']:,.0f} | "
+            f"{'-' if lite is None else f'{lite:,.0f}'} |"
+        )
+    print()
+    print(
+        f"Write-to-applied latency at {a.rate:,.0f} events/s for {a.latency_seconds:g} s "
+        f"({lat['entries']:,.0f} entries): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
+        f"max {lat['max_ms']:.0f} ms"
+    )
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nMachine: {os.cpu_count()} cores; load average at the end: {load}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
