@@ -36,6 +36,8 @@ RESET_TIME_GAUGES = frozenset(
     }
 )
 
+# Integers beyond this do not convert to a float (OverflowError).
+MAX_INT_FLOAT = int(sys.float_info.max)
 _TRANSLATE = {ord("\n"): " ", ord("\r"): None, 0x2028: None, 0x2029: None}
 
 
@@ -62,17 +64,10 @@ def number(value: object, what: str, allow_negative: bool = False) -> float:
     """A finite number within the range the apply script accepts; anything else is poison."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEvent(f"invalid_{what}")
-    v = float(value)
+    v = float(value) if type(value) is float or -MAX_INT_FLOAT <= value <= MAX_INT_FLOAT else math.inf
     if not math.isfinite(v) or abs(v) > MAX_ABS_AMOUNT or (v < 0 and not allow_negative):
         raise InvalidEvent(f"invalid_{what}")
     return v
-
-
-def gauge_value(value: object) -> float:
-    """A finite number for a gauge (any magnitude); anything else is poison."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise InvalidEvent("invalid_gauge_value")
-    return float(value)
 
 
 def optional_number(value: object) -> float | None:
@@ -83,7 +78,10 @@ def optional_number(value: object) -> float | None:
 
 
 def gauge_reading(value: object) -> float | None:
-    """LiteLLM's ``_gauge_reading_or_none``: str/int/float -> float."""
+    """LiteLLM's ``_gauge_reading_or_none``: str/int/float -> float (what ``Gauge.set`` accepts).
+
+    Used for every optional gauge input (provider headers, limiter metadata, deployment tpm/rpm):
+    an unusable one (NaN, not a number) skips that gauge only, it never rejects the event."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return None
     try:
@@ -131,13 +129,19 @@ class Engine:
     def __init__(self, config: MetricsConfig) -> None:
         self.config = config
         self._labels: dict[str, tuple[str, ...]] = {}
+        # (label name, value when the event does not set it) per metric: LiteLLM renders a missing
+        # value "None", except a configured tag label, which is "false" whenever the request's
+        # tags are not passed (budget gauges, deployment state, LLM API failures...).
+        self._label_defaults: dict[str, tuple[tuple[str, str], ...]] = {}
         self._mkeys: dict[str, str] = {}
         self._bounds: dict[str, tuple[float, ...]] = {}
+        tag_labels = frozenset(config.custom_tag_labels)
         for name, mdef in CATALOG.items():
             if not config.enabled(name):
                 continue
             labels = tuple(config.labels(name))
             self._labels[name] = labels
+            self._label_defaults[name] = tuple((n, "false" if n in tag_labels else "None") for n in labels)
             self._mkeys[name] = metric_key(name, labels)
             if mdef.kind == "histogram":
                 self._bounds[name] = tuple(b for b in config.buckets(name) if not math.isinf(b))
@@ -184,7 +188,8 @@ class Engine:
 
     def add_event(self, delta: Delta, event: dict[str, Any]) -> bool:
         """Add one event's updates to ``delta``; False (and a counted reason) when rejected."""
-        handler = self._handlers.get(event.get("kind"))  # type: ignore[arg-type]
+        kind = event.get("kind")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
             delta.count("events_rejected_unknown_kind")
             return False
@@ -195,7 +200,7 @@ class Engine:
         except InvalidEvent as exc:
             delta.count(f"events_rejected_{exc.reason}")
             return False
-        except (TypeError, ValueError, AttributeError, KeyError):
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
             delta.count("events_rejected_malformed")
             return False
         for op, name, series, value, when in ops.ops:
@@ -213,10 +218,10 @@ class Engine:
 
     def _series(self, name: str, labels: Labels) -> str | None:
         """The series of ``name`` for these label values, or None when the metric is disabled."""
-        names = self._labels.get(name)
-        if names is None:
+        defaults = self._label_defaults.get(name)
+        if defaults is None:
             return None
-        return encode_series([labels.get(n, "None") for n in names])
+        return encode_series([labels.get(n, d) for n, d in defaults])
 
     def _inc(self, ops: _Ops, name: str, labels: Labels, amount: float = 1.0) -> None:
         series = self._series(name, labels)
@@ -405,8 +410,9 @@ class Engine:
             ("litellm_deployment_tpm_limit", g("deployment_tpm")),
             ("litellm_deployment_rpm_limit", g("deployment_rpm")),
         ):
-            if value is not None:
-                self._set(ops, name, dep_labels, gauge_value(value), t)
+            reading = gauge_reading(value)
+            if reading is not None:
+                self._set(ops, name, dep_labels, reading, t)
         overhead_ms = optional_number(g("overhead_ms"))
         if overhead_ms:
             self._observe(ops, "litellm_overhead_latency_metric", labels, overhead_ms / 1000)
@@ -455,8 +461,9 @@ class Engine:
             if value is None:
                 value = strict_int(headers.get(f"x-ratelimit-model_per_key-remaining-{rtype}"))
             # No limiter data: LiteLLM exports sys.maxsize (spec §7.7).
-            reading = float(sys.maxsize) if value is None else gauge_value(value)
-            self._set(ops, name, key_labels, reading, t)
+            reading = float(sys.maxsize) if value is None else gauge_reading(value)
+            if reading is not None:
+                self._set(ops, name, key_labels, reading, t)
 
     _V3 = (
         ("api_key", "requests", "requests", "litellm_api_key_rate_limit"),
@@ -738,7 +745,8 @@ class Engine:
         self._set(
             ops,
             "litellm_provider_remaining_budget_metric",
-            {"api_provider": sanitize(ev.get("api_provider"))},
+            # LiteLLM passes the provider positionally, without sanitising it.
+            {"api_provider": _plain(ev.get("api_provider"))},
             limit - spend,
             t,
         )

@@ -354,7 +354,9 @@ def success_event(
     key_md = lmd if "litellm_metadata" in kwargs else pmd
     key_model_group = key_md.get("model_group") if type(key_md) is dict else None
     remaining_names = _key_remaining_names(key_model_group)
-    end_user = lp.get("user_api_key_end_user_id") or request_md.get("user_api_key_end_user_id")
+    # LiteLLM reads ``litellm_metadata`` with the ``user_api_key*`` keys of ``metadata`` merged in.
+    end_user_md = pmd if "user_api_key_end_user_id" in pmd else request_md
+    end_user = lp.get("user_api_key_end_user_id") or end_user_md.get("user_api_key_end_user_id")
     original = pmd.get("original_model_group") or lmd.get("original_model_group")
     model_group = slp_values[0]
     zero_cost = slp.get("zero_cost_diagnostic")

@@ -22,11 +22,20 @@ KEY = "sk-e2e-test-key-0001"
 @pytest.fixture
 def logger(redis_url: str, namespace: str) -> Iterator[StreamMetricsLogger]:
     lg = StreamMetricsLogger(settings=settings_for(redis_url, namespace))
-    saved = list(litellm.callbacks)
+    # LiteLLM copies ``callbacks`` into ``_async_success_callback`` and friends (one logger per
+    # type): restore every list, or the next test's logger is never called.
+    saved = {
+        name: list(value)
+        for name, value in vars(litellm).items()
+        if isinstance(value, list) and name.endswith(("callback", "callbacks"))
+    }
     litellm.callbacks = [lg]
-    yield lg
-    litellm.callbacks = saved
-    lg.close()
+    try:
+        yield lg
+    finally:
+        for name, value in saved.items():
+            setattr(litellm, name, value)
+        lg.close()
 
 
 async def drive(redis_url: str, namespace: str, until_events: int) -> Aggregator:

@@ -1,0 +1,804 @@
+"""The metric engine, table-driven: one event in, the exact series and delta out.
+
+For every metric family of the seed set (issue 3) a wire event (dict form, ``producer.wire``)
+and the series it must touch, with LiteLLM's label values and the counter increment, gauge value
+or histogram observation. Then poison events (rejected whole and counted, nothing applied) and
+hostile label values (sanitised exactly like LiteLLM's ``sanitize_prometheus_label_value``).
+The conformance test (``test_conformance.py``) checks the same against LiteLLM's logger end to
+end; these pin the engine's behaviour case by case and run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from litellm.types.integrations.prometheus import sanitize_prometheus_label_value
+
+from aggregator.apply import PendingEntry
+from aggregator.engine import Engine, sanitize
+from aggregator.litellm_config import MetricsConfig
+from aggregator.snapshot import Family
+from aggregator.state import Delta, decode_series
+from producer import wire
+
+ENGINE = Engine(MetricsConfig.from_litellm_settings({}))
+KEY = hashlib.sha256(b"sk-engine-test").hexdigest()
+T = 1_800_000_000.0
+RESET = "2030-01-01T00:00:00+00:00"
+RESET_EPOCH = datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+def headers(**values: Any) -> list[Any]:
+    return [values.get(name) for name in wire.HEADER_FIELDS]
+
+
+def budget(**values: Any) -> list[Any]:
+    base = {
+        "user_api_key_spend": 2.0,
+        "user_api_key_max_budget": 10.0,
+        "user_api_key_budget_reset_at": RESET,
+        "user_api_key_team_spend": 5.0,
+        "user_api_key_team_max_budget": None,
+        "user_api_key_team_table_max_budget": 50.0,
+        "user_api_key_team_budget_reset_at": RESET,
+    }
+    base.update(values)
+    return [base.get(name) for name in wire.BUDGET_FIELDS]
+
+
+def success(**changes: Any) -> dict[str, Any]:
+    """A success event as ``wire.decode_entry`` hands it to the engine."""
+    event: dict[str, Any] = dict.fromkeys(wire.SUCCESS_FIELDS)
+    event.update(
+        kind=wire.SUCCESS,
+        t=T,
+        hashed_api_key=KEY,
+        api_key_alias="key-alias",
+        team="team-1",
+        team_alias="Team One",
+        user="user-1",
+        user_email="user@example.com",
+        org_id="org-1",
+        org_alias="Org One",
+        route="/chat/completions",
+        client_ip="10.0.0.1",
+        user_agent="curl/8.5.0",
+        model_group="chat",
+        model_id="dep-1",
+        api_base="https://api.example.com",
+        api_provider="openai",
+        stream=False,
+        response_cost=0.25,
+        total_tokens=30,
+        prompt_tokens=10,
+        completion_tokens=20,
+        model="gpt-4o-mini",
+        latency_total=1.5,
+        latency_api=1.2,
+        latency_queue=0.5,
+        latency_per_token_basis=1.0,
+        has_deployment=True,
+        deployment_provider="openai",
+        deployment_model_id="dep-1",
+        overhead_ms=20.0,
+        headers=headers(x_ratelimit_remaining_requests="99", x_ratelimit_remaining_tokens=5000),
+        key_model_group="chat",
+        key_remaining_requests=41,
+        budget=budget(),
+    )
+    event.update(changes)
+    return event
+
+
+#: What each label of a success event's metrics resolves to (LiteLLM's rendering).
+SUCCESS_LABELS = {
+    "end_user": "None",
+    "hashed_api_key": KEY,
+    "api_key_alias": "key-alias",
+    "requested_model": "chat",
+    "model_group": "chat",
+    "team": "team-1",
+    "team_alias": "Team One",
+    "user": "user-1",
+    "user_email": "user@example.com",
+    "org_id": "org-1",
+    "org_alias": "Org One",
+    "project_id": "None",
+    "project_alias": "None",
+    "model": "gpt-4o-mini",
+    "litellm_model_name": "gpt-4o-mini",
+    "model_id": "dep-1",
+    "api_base": "https://api.example.com",
+    "api_provider": "openai",
+    "status_code": "200",
+    "route": "/chat/completions",
+    "client_ip": "10.0.0.1",
+    "user_agent": "curl/8.5.0",
+    "service_tier": "None",
+}
+
+
+def labels_for(metric: str, **overrides: str) -> dict[str, str]:
+    values = {**SUCCESS_LABELS, **overrides}
+    return {name: values[name] for name in ENGINE.label_names(metric)}
+
+
+@dataclass(frozen=True)
+class Obs:
+    """One histogram observation."""
+
+    value: float
+
+
+Expected = float | Obs | None
+
+
+def touched(delta: Delta, metric: str) -> list[tuple[dict[str, str], float | Obs | tuple[float, float] | None]]:
+    """Every series of ``metric`` the delta changes, with its change."""
+    mkey = ENGINE.metric_key(metric)
+    names = ENGINE.label_names(metric)
+
+    def labels(series: str) -> dict[str, str]:
+        return dict(zip(names, [str(v) for v in decode_series(series)], strict=True))
+
+    out: list[tuple[dict[str, str], Any]] = []
+    for (k, series), amount in delta.counters.items():
+        if k == mkey:
+            out.append((labels(series), amount))
+    for (k, series), hist in delta.histograms.items():
+        if k == mkey:
+            out.append((labels(series), (hist.count, hist.total, tuple(hist.buckets))))
+    for (k, series), (_t, value) in delta.gauges.items():
+        if k == mkey:
+            out.append((labels(series), value))
+    return out
+
+
+def apply(*events: dict[str, Any]) -> Delta:
+    return ENGINE.build_delta([PendingEntry("1-0", "p", 1, list(events))])
+
+
+def assert_change(delta: Delta, metric: str, labels: dict[str, str], expected: Expected) -> None:
+    changes = touched(delta, metric)
+    if expected is None:
+        assert changes == [], changes
+        return
+    assert len(changes) == 1, changes
+    got_labels, got = changes[0]
+    assert got_labels == labels
+    if isinstance(expected, Obs):
+        bounds = ENGINE.upper_bounds(metric)
+        buckets = [0] * (len(bounds) + 1)
+        buckets[bisect.bisect_left(bounds, expected.value)] = 1
+        assert isinstance(got, tuple)
+        count, total, got_buckets = got
+        assert (count, got_buckets) == (1, tuple(buckets))
+        assert total == pytest.approx(expected.value)
+    else:
+        assert got == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Success events, per seed family
+
+SUCCESS_ROWS: list[tuple[str, str, dict[str, Any], dict[str, str], Expected]] = [
+    ("requests", "litellm_requests_metric", {}, {}, 1.0),
+    ("spend", "litellm_spend_metric", {}, {}, 0.25),
+    ("spend_zero_still_counted", "litellm_spend_metric", {"response_cost": 0}, {}, 0.0),
+    ("total_tokens", "litellm_total_tokens_metric", {}, {}, 30.0),
+    ("input_tokens", "litellm_input_tokens_metric", {}, {}, 10.0),
+    ("output_tokens", "litellm_output_tokens_metric", {}, {}, 20.0),
+    ("end_user_opted_in", "litellm_requests_metric", {"end_user": "cust-1"}, {"end_user": "cust-1"}, 1.0),
+    ("proxy_total", "litellm_proxy_total_requests_metric", {}, {}, 1.0),
+    (
+        "proxy_total_after_fallback",
+        "litellm_proxy_total_requests_metric",
+        {"original_model_group": "primary"},
+        {"requested_model": "primary"},
+        1.0,
+    ),
+    ("total_latency_with_queue", "litellm_request_total_latency_metric", {}, {}, Obs(2.0)),
+    ("total_latency_negative_queue", "litellm_request_total_latency_metric", {"latency_queue": -1.0}, {}, Obs(1.5)),
+    ("total_latency_unknown", "litellm_request_total_latency_metric", {"latency_total": None}, {}, None),
+    ("api_latency", "litellm_llm_api_latency_metric", {}, {}, Obs(1.2)),
+    (
+        "ttft_streaming",
+        "litellm_llm_api_time_to_first_token_metric",
+        {"latency_ttft": 0.3, "stream": True},
+        {},
+        Obs(0.3),
+    ),
+    ("ttft_not_streaming", "litellm_llm_api_time_to_first_token_metric", {}, {}, None),
+    ("overhead", "litellm_overhead_latency_metric", {}, {}, Obs(0.02)),
+    ("overhead_zero_skipped", "litellm_overhead_latency_metric", {"overhead_ms": 0}, {}, None),
+    ("deployment_success", "litellm_deployment_success_responses", {}, {}, 1.0),
+    ("deployment_total", "litellm_deployment_total_requests", {}, {}, 1.0),
+    ("deployment_block_skipped", "litellm_deployment_success_responses", {"has_deployment": False}, {}, None),
+    ("deployment_state_healthy", "litellm_deployment_state", {}, {}, 0.0),
+    (
+        "deployment_state_ids_from_request",
+        "litellm_deployment_state",
+        {"deployment_model_id": None, "deployment_provider": None},
+        {"model_id": "", "api_provider": ""},
+        0.0,
+    ),
+    ("latency_per_output_token", "litellm_deployment_latency_per_output_token", {}, {}, Obs(0.05)),
+    (
+        "latency_per_output_token_no_tokens",
+        "litellm_deployment_latency_per_output_token",
+        {"completion_tokens": 0},
+        {},
+        None,
+    ),
+    ("remaining_requests_header_text", "litellm_remaining_requests_metric", {}, {}, 99.0),
+    ("remaining_tokens_header_int", "litellm_remaining_tokens_metric", {}, {}, 5000.0),
+    ("remaining_tokens_no_header", "litellm_remaining_tokens_metric", {"headers": None}, {}, None),
+    (
+        "key_model_remaining_requests_legacy",
+        "litellm_remaining_api_key_requests_for_model",
+        {},
+        {"model": "chat"},
+        41.0,
+    ),
+    (
+        "key_model_remaining_tokens_default",
+        "litellm_remaining_api_key_tokens_for_model",
+        {},
+        {"model": "chat"},
+        float(sys.maxsize),
+    ),
+    (
+        "key_model_remaining_tokens_v3",
+        "litellm_remaining_api_key_tokens_for_model",
+        {"headers": headers(**{"x-ratelimit-model_per_key-remaining-tokens": 777})},
+        {"model": "chat"},
+        777.0,
+    ),
+    (
+        "key_model_remaining_v3_text_ignored",
+        "litellm_remaining_api_key_tokens_for_model",
+        {"headers": headers(**{"x-ratelimit-model_per_key-remaining-tokens": "777"})},
+        {"model": "chat"},
+        float(sys.maxsize),
+    ),
+    (
+        "key_model_remaining_numeric_text",
+        "litellm_remaining_api_key_requests_for_model",
+        {"key_remaining_requests": "41"},
+        {"model": "chat"},
+        41.0,
+    ),
+    (
+        "deployment_tpm_rpm",
+        "litellm_deployment_tpm_limit",
+        {"deployment_tpm": 100_000, "deployment_rpm": "60"},
+        {},
+        100_000.0,
+    ),
+    ("deployment_rpm_numeric_text", "litellm_deployment_rpm_limit", {"deployment_rpm": "60"}, {}, 60.0),
+    ("key_remaining_budget", "litellm_remaining_api_key_budget_metric", {}, {}, 10.0 - (2.0 + 0.25)),
+    ("key_max_budget", "litellm_api_key_max_budget_metric", {}, {}, 10.0),
+    ("key_budget_reset_time", "litellm_api_key_budget_remaining_hours_metric", {}, {}, RESET_EPOCH),
+    (
+        "key_budget_no_alias",
+        "litellm_remaining_api_key_budget_metric",
+        {"api_key_alias": None},
+        {"api_key_alias": ""},
+        7.75,
+    ),
+    (
+        "key_budget_unknown_max",
+        "litellm_remaining_api_key_budget_metric",
+        {"budget": budget(user_api_key_max_budget=None)},
+        {},
+        None,
+    ),
+    (
+        "key_budget_unknown_spend",
+        "litellm_remaining_api_key_budget_metric",
+        {"budget": budget(user_api_key_spend=None)},
+        {},
+        None,
+    ),
+    ("key_budget_not_carried", "litellm_api_key_max_budget_metric", {"budget": None}, {}, None),
+    ("team_remaining_budget_table_max", "litellm_remaining_team_budget_metric", {}, {}, 50.0 - (5.0 + 0.25)),
+    (
+        "team_remaining_budget_request_max_first",
+        "litellm_remaining_team_budget_metric",
+        {"budget": budget(user_api_key_team_max_budget=20.0)},
+        {},
+        20.0 - 5.25,
+    ),
+    ("team_max_budget", "litellm_team_max_budget_metric", {}, {}, 50.0),
+    ("team_budget_reset_time", "litellm_team_budget_remaining_hours_metric", {"budget": budget()}, {}, RESET_EPOCH),
+    (
+        "team_budget_naive_reset_is_utc",
+        "litellm_team_budget_remaining_hours_metric",
+        {"budget": budget(user_api_key_team_budget_reset_at="2030-01-01T00:00:00")},
+        {},
+        RESET_EPOCH,
+    ),
+    ("team_budget_no_team", "litellm_team_max_budget_metric", {"team": None}, {}, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("metric", "changes", "label_overrides", "expected"),
+    [row[1:] for row in SUCCESS_ROWS],
+    ids=[row[0] for row in SUCCESS_ROWS],
+)
+def test_success_event(
+    metric: str, changes: dict[str, Any], label_overrides: dict[str, str], expected: Expected
+) -> None:
+    delta = apply(success(**changes))
+    assert delta.stats == {"events_applied_success": 1}
+    assert_change(delta, metric, labels_for(metric, **label_overrides), expected)
+
+
+def test_success_touches_exactly_these_families() -> None:
+    delta = apply(success())
+    families = {name for name in ENGINE._labels if touched(delta, name)}
+    assert families == {
+        "litellm_requests_metric",
+        "litellm_spend_metric",
+        "litellm_total_tokens_metric",
+        "litellm_input_tokens_metric",
+        "litellm_output_tokens_metric",
+        "litellm_remaining_api_key_budget_metric",
+        "litellm_api_key_max_budget_metric",
+        "litellm_api_key_budget_remaining_hours_metric",
+        "litellm_remaining_team_budget_metric",
+        "litellm_team_max_budget_metric",
+        "litellm_team_budget_remaining_hours_metric",
+        "litellm_remaining_api_key_requests_for_model",
+        "litellm_remaining_api_key_tokens_for_model",
+        # every v3 rate-limit series of this caller is removed: the request carried none
+        "litellm_api_key_rate_limit_allowed_metric",
+        "litellm_api_key_rate_limit_used_metric",
+        "litellm_team_rate_limit_allowed_metric",
+        "litellm_team_rate_limit_used_metric",
+        "litellm_project_model_rate_limit_allowed_metric",
+        "litellm_project_model_rate_limit_used_metric",
+        "litellm_request_total_latency_metric",
+        "litellm_llm_api_latency_metric",
+        "litellm_request_queue_time_seconds",
+        "litellm_overhead_latency_metric",
+        "litellm_overhead_with_guardrails_latency_metric",
+        "litellm_remaining_requests_metric",
+        "litellm_remaining_tokens_metric",
+        "litellm_deployment_state",
+        "litellm_deployment_success_responses",
+        "litellm_deployment_total_requests",
+        "litellm_deployment_latency_per_output_token",
+        "litellm_proxy_total_requests_metric",
+    }
+
+
+def test_reset_time_becomes_hours_at_exposition() -> None:
+    delta = apply(success())
+    metric = "litellm_api_key_budget_remaining_hours_metric"
+    [(labels, reset)] = touched(delta, metric)
+    fam = Family(ENGINE.config.metric(metric), ENGINE.label_names(metric))
+    fam.gauges[tuple(labels.values())] = (float(reset), T)  # type: ignore[arg-type]
+    now = RESET_EPOCH - 7200
+    assert fam.samples(now) == [(metric, labels, pytest.approx(2.0))]
+
+
+def test_gauges_last_write_wins_by_event_time() -> None:
+    newer = success(t=T + 10, budget=budget(user_api_key_spend=3.0))
+    older = success(t=T, budget=budget(user_api_key_spend=1.0))
+    delta = apply(newer, older)
+    [(_labels, value)] = touched(delta, "litellm_remaining_api_key_budget_metric")
+    assert value == pytest.approx(10.0 - 3.25)
+    [(_labels, total)] = touched(delta, "litellm_requests_metric")
+    assert total == 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# The other event kinds
+
+
+def failure(**changes: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "kind": wire.FAILURE,
+        "t": T,
+        "hashed_api_key": KEY,
+        "api_key_alias": "key-alias",
+        "team": "team-1",
+        "team_alias": "Team One",
+        "user": "user-1",
+        "model": "gpt-4o-mini",
+        "model_id": "dep-1",
+        "model_group": "chat",
+        "api_provider": "openai",
+        "deployment": {
+            "selected": True,
+            "has_exception": True,
+            "exception_status": "429",
+            "exception_class": "Openai.RateLimitError",
+            "hashed_api_key": KEY,
+            "api_key_alias": "key-alias",
+            "user_email": None,
+            "team": "team-1",
+            "team_alias": "Team One",
+            "client_ip": "10.0.0.1",
+            "user_agent": "curl/8.5.0",
+            "litellm_model_name": "gpt-4o-mini",
+            "model_id": "dep-1",
+            "api_base": "https://api.example.com",
+            "api_provider": "openai",
+            "requested_model": "chat",
+            "model_group": "chat",
+            "state_api_provider": "openai",
+        },
+    }
+    event.update(changes)
+    return event
+
+
+DEPLOYMENT_FAILURE_LABELS = {
+    "model_group": "chat",
+    "requested_model": "chat",
+    "litellm_model_name": "gpt-4o-mini",
+    "model_id": "dep-1",
+    "api_base": "https://api.example.com",
+    "api_provider": "openai",
+    "exception_status": "429",
+    "exception_class": "Openai.RateLimitError",
+    "hashed_api_key": KEY,
+    "api_key_alias": "key-alias",
+    "team": "team-1",
+    "team_alias": "Team One",
+    "client_ip": "10.0.0.1",
+    "user_agent": "curl/8.5.0",
+}
+UNSELECTED = {
+    "selected": False,
+    "has_exception": True,
+    "exception_status": "500",
+    "exception_class": "Openai.InternalServerError",
+    "litellm_model_name": "",
+    "model_id": "",
+    "api_base": "",
+    "api_provider": "",
+    "requested_model": "other",
+    "model_group": None,
+}
+POST_CALL = {
+    "kind": wire.POST_CALL_FAILURE,
+    "t": T,
+    "user": "user-1",
+    "user_email": "user@example.com",
+    "hashed_api_key": KEY,
+    "api_key_alias": "key-alias",
+    "team": "team-1",
+    "team_alias": "Team One",
+    "org_id": "org-1",
+    "org_alias": "Org One",
+    "requested_model": "other",
+    "status_code": "429",
+    "exception_class": "Openai.RateLimitError",
+    "route": "/chat/completions",
+    "client_ip": "10.0.0.2",
+    "user_agent": "curl/8.5.0",
+    "api_provider": "openai",
+}
+POST_CALL_LABELS = {
+    "end_user": "None",
+    "hashed_api_key": KEY,
+    "api_key_alias": "key-alias",
+    "requested_model": "other",
+    "team": "team-1",
+    "team_alias": "Team One",
+    "user": "user-1",
+    "user_email": "user@example.com",
+    "route": "/chat/completions",
+    "client_ip": "10.0.0.2",
+    "user_agent": "curl/8.5.0",
+    "model_id": "None",
+    "api_provider": "openai",
+    "org_id": "org-1",
+    "org_alias": "Org One",
+}
+FALLBACK = {
+    "t": T,
+    "requested_model": "primary",
+    "fallback_model": "backup",
+    "hashed_api_key": KEY,
+    "api_key_alias": "key-alias",
+    "team": "team-1",
+    "team_alias": "Team One",
+    "exception_status": "429",
+    "exception_class": "Openai.RateLimitError",
+}
+FALLBACK_LABELS = {k: v for k, v in FALLBACK.items() if k != "t"} | {"model_id": "None"}
+WHERE = {"litellm_model_name": "chat", "model_id": "dep-1", "api_base": "", "api_provider": "openai"}
+
+OTHER_ROWS: list[tuple[str, dict[str, Any], str, dict[str, str], Expected]] = [
+    (
+        "llm_api_failed",
+        failure(),
+        "litellm_llm_api_failed_requests_metric",
+        {
+            "end_user": "None",
+            "hashed_api_key": KEY,
+            "api_key_alias": "key-alias",
+            "model": "gpt-4o-mini",
+            "team": "team-1",
+            "team_alias": "Team One",
+            "user": "user-1",
+            "model_id": "dep-1",
+        },
+        1.0,
+    ),
+    ("deployment_failure", failure(), "litellm_deployment_failure_responses", DEPLOYMENT_FAILURE_LABELS, 1.0),
+    ("deployment_total_on_failure", failure(), "litellm_deployment_total_requests", DEPLOYMENT_FAILURE_LABELS, 1.0),
+    (
+        "deployment_state_partial_outage",
+        failure(),
+        "litellm_deployment_state",
+        {
+            "litellm_model_name": "gpt-4o-mini",
+            "model_id": "dep-1",
+            "api_base": "https://api.example.com",
+            "api_provider": "openai",
+        },
+        1.0,
+    ),
+    (
+        "deployment_failure_unselected",
+        failure(deployment={**failure()["deployment"], **UNSELECTED}),
+        "litellm_deployment_failure_responses",
+        {
+            **DEPLOYMENT_FAILURE_LABELS,
+            **{k: str(v) for k, v in UNSELECTED.items() if k not in ("selected", "has_exception")},
+        },
+        1.0,
+    ),
+    (
+        "deployment_state_untouched_when_unselected",
+        failure(deployment={**failure()["deployment"], **UNSELECTED}),
+        "litellm_deployment_state",
+        {},
+        None,
+    ),
+    (
+        "proxy_failed",
+        POST_CALL,
+        "litellm_proxy_failed_requests_metric",
+        {**POST_CALL_LABELS, "exception_status": "429", "exception_class": "Openai.RateLimitError"},
+        1.0,
+    ),
+    (
+        "proxy_total_on_post_call_failure",
+        POST_CALL,
+        "litellm_proxy_total_requests_metric",
+        {**POST_CALL_LABELS, "status_code": "429"},
+        1.0,
+    ),
+    (
+        "proxy_failed_401_without_key",
+        {**POST_CALL, "hashed_api_key": None, "status_code": "401", "exception_class": "HTTPException"},
+        "litellm_proxy_failed_requests_metric",
+        {**POST_CALL_LABELS, "hashed_api_key": "None", "exception_status": "401", "exception_class": "HTTPException"},
+        1.0,
+    ),
+    (
+        "successful_fallback",
+        {**FALLBACK, "kind": wire.FALLBACK_SUCCESS},
+        "litellm_deployment_successful_fallbacks",
+        FALLBACK_LABELS,
+        1.0,
+    ),
+    (
+        "failed_fallback",
+        {**FALLBACK, "kind": wire.FALLBACK_FAILURE},
+        "litellm_deployment_failed_fallbacks",
+        FALLBACK_LABELS,
+        1.0,
+    ),
+    (
+        "deployment_state_complete_outage",
+        {"kind": wire.DEPLOYMENT_STATE, "t": T, "state": 2, **WHERE},
+        "litellm_deployment_state",
+        WHERE,
+        2.0,
+    ),
+    (
+        "cooled_down",
+        {"kind": wire.DEPLOYMENT_COOLED_DOWN, "t": T, **WHERE, "exception_status": "429"},
+        "litellm_deployment_cooled_down",
+        {**WHERE, "exception_status": "429"},
+        1.0,
+    ),
+    (
+        "provider_remaining_budget",
+        {"kind": wire.PROVIDER_BUDGET, "t": T, "api_provider": "openai", "spend": 12.5, "budget_limit": 100},
+        "litellm_provider_remaining_budget_metric",
+        {"api_provider": "openai"},
+        87.5,
+    ),
+    (
+        "provider_budget_spend_unknown",
+        {"kind": wire.PROVIDER_BUDGET, "t": T, "api_provider": "openai", "budget_limit": 100},
+        "litellm_provider_remaining_budget_metric",
+        {},
+        None,
+    ),
+    (
+        "provider_budget_limit_unknown",
+        {"kind": wire.PROVIDER_BUDGET, "t": T, "api_provider": "openai", "spend": 1.0},
+        "litellm_provider_remaining_budget_metric",
+        {},
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("event", "metric", "labels", "expected"),
+    [row[1:] for row in OTHER_ROWS],
+    ids=[row[0] for row in OTHER_ROWS],
+)
+def test_other_event(event: dict[str, Any], metric: str, labels: dict[str, str], expected: Expected) -> None:
+    delta = apply(event)
+    assert delta.stats == {f"events_applied_{event['kind']}": 1}
+    if expected is not None:
+        labels = {name: labels[name] for name in ENGINE.label_names(metric)}  # every label, in order
+    assert_change(delta, metric, labels, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Poison events: rejected whole, counted, nothing applied
+
+POISON: list[tuple[str, dict[str, Any], str]] = [
+    ("cost_nan", success(response_cost=math.nan), "invalid_response_cost"),
+    ("cost_inf", success(response_cost=math.inf), "invalid_response_cost"),
+    ("cost_negative", success(response_cost=-0.01), "invalid_response_cost"),
+    ("cost_enormous", success(response_cost=1e300), "invalid_response_cost"),
+    ("cost_text", success(response_cost="0.25"), "invalid_response_cost"),
+    ("tokens_negative", success(total_tokens=-1), "invalid_tokens"),
+    ("tokens_enormous", success(prompt_tokens=10**20), "invalid_tokens"),
+    ("tokens_beyond_float", success(prompt_tokens=10**400), "invalid_tokens"),
+    ("state_beyond_float", {"kind": wire.DEPLOYMENT_STATE, "t": T, "state": 10**400, **WHERE}, "invalid_state"),
+    ("tokens_bool", success(completion_tokens=True), "invalid_tokens"),
+    ("tokens_text", success(total_tokens="30"), "invalid_tokens"),
+    ("tokens_list", success(total_tokens=[30]), "invalid_tokens"),
+    ("time_missing", success(t=None), "invalid_time"),
+    ("time_nan", success(t=math.nan), "invalid_time"),
+    ("time_negative", success(t=-5.0), "invalid_time"),
+    ("latency_inf", success(latency_total=math.inf), "invalid_latency"),
+    ("latency_nan", success(latency_api=math.nan), "invalid_observation"),
+    ("latency_text", success(latency_ttft="0.3"), "invalid_observation"),
+    ("usage_enormous", success(usage=[10**19, None, None, None, None, None, None, None, None]), "invalid_usage"),
+    ("state_text", {"kind": wire.DEPLOYMENT_STATE, "t": T, "state": "2", **WHERE}, "invalid_state"),
+    ("state_negative", {"kind": wire.DEPLOYMENT_STATE, "t": T, "state": -1, **WHERE}, "invalid_state"),
+    ("members_negative", {"kind": wire.TEAM_MEMBERS, "t": T, "team": "t", "members": -3}, "invalid_count"),
+    ("guardrail_latency_text", {"kind": wire.GUARDRAIL, "t": T, "latency_seconds": "slow"}, "invalid_latency"),
+    ("file_size_nan", {"kind": wire.MANAGED_FILE_SIZE, "t": T, "size_bytes": math.nan}, "invalid_size"),
+    (
+        "batch_processed_malformed",
+        {"kind": wire.CHECK_BATCH_COST_RUN, "t": T, "jobs_polled": 1, "processed": [[1]]},
+        "malformed",
+    ),
+    ("unknown_kind", {"kind": "teleport", "t": T}, "unknown_kind"),
+    ("no_kind", {"t": T}, "unknown_kind"),
+    ("kind_not_text", {"kind": ["success"], "t": T}, "unknown_kind"),
+]
+
+
+@pytest.mark.parametrize(("event", "reason"), [row[1:] for row in POISON], ids=[row[0] for row in POISON])
+def test_poison_event_is_rejected_whole(event: dict[str, Any], reason: str) -> None:
+    good = success()
+    alone = apply(good)
+    delta = Delta()
+    assert ENGINE.add_event(delta, good) is True
+    assert ENGINE.add_event(delta, event) is False
+    assert ENGINE.add_event(delta, good) is True
+    # Exactly twice the good event, nothing of the poison one.
+    assert delta.counters == {k: 2 * v for k, v in alone.counters.items()}
+    assert {k: (h.count, h.total) for k, h in delta.histograms.items()} == {
+        k: (2 * h.count, pytest.approx(2 * h.total)) for k, h in alone.histograms.items()
+    }
+    assert delta.gauges == alone.gauges
+    assert delta.stats == {"events_applied_success": 2, f"events_rejected_{reason}": 1}
+
+
+TOLERATED: list[tuple[str, dict[str, Any], str]] = [
+    # Unusable optional inputs: the metric they feed is skipped (LiteLLM skips it too), the rest
+    # of the event counts.
+    (
+        "usage_negative",
+        success(usage=[-4, None, None, None, None, None, None, None, None]),
+        "litellm_input_cached_tokens_metric",
+    ),
+    ("usage_not_a_list", success(usage={"cached_tokens": 4}), "litellm_input_cached_tokens_metric"),
+    (
+        "header_not_a_number",
+        success(headers=headers(x_ratelimit_remaining_requests="lots")),
+        "litellm_remaining_requests_metric",
+    ),
+    ("headers_not_a_list", success(headers="x_ratelimit_remaining_requests=5"), "litellm_remaining_requests_metric"),
+    ("budget_text", success(budget=budget(user_api_key_max_budget="10")), "litellm_api_key_max_budget_metric"),
+    ("budget_not_a_list", success(budget={"user_api_key_spend": 1}), "litellm_api_key_max_budget_metric"),
+    (
+        "reset_not_a_time",
+        success(budget=budget(user_api_key_budget_reset_at="soon")),
+        "litellm_api_key_budget_remaining_hours_metric",
+    ),
+    ("queue_text", success(latency_queue="0.5"), "litellm_request_queue_time_seconds"),
+    ("tpm_text", success(deployment_tpm="lots"), "litellm_deployment_tpm_limit"),
+    ("tpm_beyond_float", success(deployment_tpm=10**400), "litellm_deployment_tpm_limit"),
+    ("key_remaining_nan", success(key_remaining_requests=math.nan), "litellm_remaining_api_key_requests_for_model"),
+    ("key_remaining_text", success(key_remaining_requests="many"), "litellm_remaining_api_key_requests_for_model"),
+]
+
+
+@pytest.mark.parametrize(("event", "skipped"), [row[1:] for row in TOLERATED], ids=[row[0] for row in TOLERATED])
+def test_unusable_optional_input_skips_only_its_metric(event: dict[str, Any], skipped: str) -> None:
+    delta = apply(event)
+    assert delta.stats == {"events_applied_success": 1}
+    assert touched(delta, skipped) == []
+    assert touched(delta, "litellm_requests_metric") != []
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile label values
+
+HOSTILE = [
+    'double "quotes"',
+    "back\\slash and \\\\ two",
+    "new\nline",
+    "carriage\rreturn",
+    "line\u2028separator\u2029paragraph",
+    '\\"\n\r\u2028 all of them "\\',
+    "x" * 10_000,
+    "ünïcödé ✓ 中文",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_label_values_are_sanitised_like_litellm(value: str) -> None:
+    expected = sanitize_prometheus_label_value(value)
+    assert sanitize(value) == expected
+    delta = apply(success(api_key_alias=value, team=value, user_agent=value, custom_labels={"metadata_x": value}))
+    [(labels, _v)] = touched(delta, "litellm_requests_metric")
+    assert labels["api_key_alias"] == labels["team"] == labels["user_agent"] == expected
+    assert len(labels["team"]) >= len(value) - value.count("\r") - value.count("\u2028") - value.count("\u2029")
+    # The budget gauges sanitise too (an empty team has no budget gauges, as in LiteLLM).
+    budget_series = touched(delta, "litellm_remaining_team_budget_metric")
+    assert [labels for labels, _v in budget_series] == ([{"team": expected, "team_alias": "Team One"}] if value else [])
+
+
+def test_custom_and_tag_labels_are_sanitised() -> None:
+    engine = Engine(
+        MetricsConfig.from_litellm_settings(
+            {"custom_prometheus_metadata_labels": ["metadata.tenant"], "custom_prometheus_tags": ["prod"]}
+        )
+    )
+    delta = Delta()
+    engine.add_event(delta, success(custom_labels={"metadata_tenant": 'a"b\nc'}, tag_labels={"tag_prod": "true"}))
+    mkey = engine.metric_key("litellm_requests_metric")
+    [series] = [s for (k, s) in delta.counters if k == mkey]
+    labels = dict(zip(engine.label_names("litellm_requests_metric"), decode_series(series), strict=True))
+    assert labels["metadata_tenant"] == sanitize_prometheus_label_value('a"b\nc')
+    assert labels["tag_prod"] == "true"
+    # Metrics LiteLLM builds without the request's tags render a configured tag label "false".
+    mkey = engine.metric_key("litellm_remaining_team_budget_metric")
+    [series] = [s for (k, s) in delta.gauges if k == mkey]
+    labels = dict(zip(engine.label_names("litellm_remaining_team_budget_metric"), decode_series(series), strict=True))
+    assert labels == {"team": "team-1", "team_alias": "Team One", "metadata_tenant": "None", "tag_prod": "false"}
+
+
+@pytest.mark.parametrize(("value", "rendered"), [(None, "None"), (5, "5"), (1.5, "1.5"), (True, "True"), ("sk", "sk")])
+def test_non_text_label_values_render_like_prometheus_client(value: object, rendered: str) -> None:
+    assert sanitize(value) == rendered
+    assert sanitize_prometheus_label_value(value) in (None, rendered)
