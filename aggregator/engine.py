@@ -11,6 +11,7 @@ string ``"None"``.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -111,6 +112,55 @@ def epoch(value: object) -> float | None:
     return None
 
 
+# The success-event fields the shared label values are built from (with the custom and tag labels).
+_SUCCESS_LABEL_FIELDS = (
+    "end_user",
+    "hashed_api_key",
+    "api_key_alias",
+    "model_group",
+    "team",
+    "team_alias",
+    "project_id",
+    "project_alias",
+    "org_id",
+    "org_alias",
+    "user",
+    "user_email",
+    "model",
+    "model_id",
+    "api_base",
+    "api_provider",
+    "route",
+    "client_ip",
+    "user_agent",
+    "stream",
+    "service_tier",
+    "input_sequence_length",
+)
+
+
+class LabelSet(dict[str, str]):
+    """Label values shared by every event of one caller identity; remembers the series string of
+    each metric and the label sets derived from it, so repeated identities cost dict look-ups
+    instead of label sanitising and series encoding."""
+
+    __slots__ = ("derived", "memo")
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        super().__init__(values)
+        self.memo: dict[str, str | None] = {}
+        self.derived: dict[tuple[Any, ...], LabelSet] = {}
+
+
+_MISSING: Any = object()
+# Identities remembered at most (then forgotten all at once and rebuilt on demand).
+LABEL_CACHE_SIZE = 100_000
+
+
+def _frozen(value: object) -> object:
+    return tuple(sorted(value.items())) if isinstance(value, dict) else value
+
+
 class _Ops:
     """Updates of one event, committed to the batch delta only if the whole event is valid."""
 
@@ -133,6 +183,7 @@ class Engine:
         # value "None", except a configured tag label, which is "false" whenever the request's
         # tags are not passed (budget gauges, deployment state, LLM API failures...).
         self._label_defaults: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._label_cache: dict[tuple[Any, ...], LabelSet] = {}
         self._mkeys: dict[str, str] = {}
         self._bounds: dict[str, tuple[float, ...]] = {}
         tag_labels = frozenset(config.custom_tag_labels)
@@ -218,10 +269,36 @@ class Engine:
 
     def _series(self, name: str, labels: Labels) -> str | None:
         """The series of ``name`` for these label values, or None when the metric is disabled."""
+        memo = labels.memo if isinstance(labels, LabelSet) else None
+        if memo is not None:
+            cached = memo.get(name, _MISSING)
+            if cached is not _MISSING:
+                return cached  # type: ignore[no-any-return]
         defaults = self._label_defaults.get(name)
-        if defaults is None:
-            return None
-        return encode_series([labels.get(n, d) for n, d in defaults])
+        series = None if defaults is None else encode_series([labels.get(n, d) for n, d in defaults])
+        if memo is not None:
+            memo[name] = series
+        return series
+
+    def _derive(
+        self, base: Labels, key: tuple[Any, ...], overrides: Callable[[], Mapping[str, str]], merge: bool = True
+    ) -> Labels:
+        """``{**base, **overrides()}`` (or just ``overrides()`` without ``merge``), remembered on
+        ``base`` under ``key``, which must capture everything ``overrides`` depends on."""
+        if isinstance(base, LabelSet):
+            derived = base.derived.get(key)
+            if derived is None:
+                derived = base.derived[key] = LabelSet({**base, **overrides()} if merge else overrides())
+            return derived
+        return {**base, **overrides()} if merge else dict(overrides())
+
+    def _identity_labels(self, key: tuple[Any, ...], build: Callable[[], dict[str, str]]) -> LabelSet:
+        labels = self._label_cache.get(key)
+        if labels is None:
+            if len(self._label_cache) >= LABEL_CACHE_SIZE:
+                self._label_cache.clear()
+            labels = self._label_cache[key] = LabelSet(build())
+        return labels
 
     def _inc(self, ops: _Ops, name: str, labels: Labels, amount: float = 1.0) -> None:
         series = self._series(name, labels)
@@ -260,15 +337,11 @@ class Engine:
 
     # -- success -----------------------------------------------------------------------------------
 
-    def _success(self, ops: _Ops, ev: dict[str, Any], t: float) -> None:
+    def _success_labels(self, ev: Mapping[str, Any]) -> dict[str, str]:
         g = ev.get
-        cost = number(g("response_cost") or 0, "response_cost")
-        total_tokens = number(g("total_tokens") or 0, "tokens")
-        prompt_tokens = number(g("prompt_tokens") or 0, "tokens")
-        completion_tokens = number(g("completion_tokens") or 0, "tokens")
         model = g("model")
         stream = g("stream")
-        labels = self._with_extras(
+        return self._with_extras(
             {
                 "end_user": sanitize(g("end_user")),
                 "hashed_api_key": sanitize(g("hashed_api_key")),
@@ -298,10 +371,26 @@ class Engine:
             },
             ev,
         )
+
+    def _success(self, ops: _Ops, ev: dict[str, Any], t: float) -> None:
+        g = ev.get
+        cost = number(g("response_cost") or 0, "response_cost")
+        total_tokens = number(g("total_tokens") or 0, "tokens")
+        prompt_tokens = number(g("prompt_tokens") or 0, "tokens")
+        completion_tokens = number(g("completion_tokens") or 0, "tokens")
+        identity = (
+            "success",
+            *map(g, _SUCCESS_LABEL_FIELDS),
+            _frozen(g("custom_labels")),
+            _frozen(g("tag_labels")),
+        )
+        labels = self._identity_labels(identity, lambda: self._success_labels(ev))
         self._inc(ops, "litellm_requests_metric", labels)
         self._inc(ops, "litellm_spend_metric", labels, cost)
-        if g("zero_cost_reason") is not None:
-            self._inc(ops, "litellm_zero_cost_requests_total", {**labels, "reason": sanitize(g("zero_cost_reason"))})
+        reason = g("zero_cost_reason")
+        if reason is not None:
+            zero = self._derive(labels, ("zero_cost", reason), lambda: {"reason": sanitize(reason)})
+            self._inc(ops, "litellm_zero_cost_requests_total", zero)
         self._inc(ops, "litellm_total_tokens_metric", labels, total_tokens)
         self._inc(ops, "litellm_input_tokens_metric", labels, prompt_tokens)
         self._inc(ops, "litellm_output_tokens_metric", labels, completion_tokens)
@@ -334,7 +423,8 @@ class Engine:
                 self._inc(ops, "litellm_mcp_tool_call_spend_metric", mcp_labels, cost)
         original = g("original_model_group")
         requested = original if isinstance(original, str) and original else g("model_group")
-        self._inc(ops, "litellm_proxy_total_requests_metric", {**labels, "requested_model": sanitize(requested)})
+        proxy_labels = self._derive(labels, ("requested", requested), lambda: {"requested_model": sanitize(requested)})
+        self._inc(ops, "litellm_proxy_total_requests_metric", proxy_labels)
 
     def _token_details(self, ops: _Ops, labels: Labels, usage: Mapping[str, Any]) -> None:
         for name, key in (
@@ -399,13 +489,20 @@ class Engine:
         provider = g("deployment_provider")
         model = g("model")
         deployment_id = g("deployment_model_id")
-        dep_labels = {
-            "litellm_model_name": sanitize(model),
-            "model_id": sanitize(deployment_id),
-            "api_base": sanitize(g("api_base")),
-            "api_provider": sanitize(provider),
-            "model_group": labels["model_group"],
-        }
+        dep_key = ("deployment", model, deployment_id, g("api_base"), provider)
+        # Built without the request's metadata and tags, as LiteLLM builds them.
+        dep_labels = self._derive(
+            labels,
+            dep_key,
+            lambda: {
+                "litellm_model_name": sanitize(model),
+                "model_id": sanitize(deployment_id),
+                "api_base": sanitize(g("api_base")),
+                "api_provider": sanitize(provider),
+                "model_group": labels["model_group"],
+            },
+            merge=False,
+        )
         for name, value in (
             ("litellm_deployment_tpm_limit", g("deployment_tpm")),
             ("litellm_deployment_rpm_limit", g("deployment_rpm")),
@@ -429,12 +526,17 @@ class Engine:
             reading = gauge_reading(headers.get(header))
             if reading is not None:
                 self._set(ops, name, labels, reading, t)
-        state_labels = {
-            "litellm_model_name": sanitize(model or ""),
-            "model_id": sanitize(deployment_id or ""),
-            "api_base": sanitize(g("api_base") or ""),
-            "api_provider": sanitize(provider or ""),
-        }
+        state_labels = self._derive(
+            labels,
+            ("state", *dep_key),
+            lambda: {
+                "litellm_model_name": sanitize(model or ""),
+                "model_id": sanitize(deployment_id or ""),
+                "api_base": sanitize(g("api_base") or ""),
+                "api_provider": sanitize(provider or ""),
+            },
+            merge=False,
+        )
         self._set(ops, "litellm_deployment_state", state_labels, 0.0, t)
         self._inc(ops, "litellm_deployment_success_responses", labels)
         self._inc(ops, "litellm_deployment_total_requests", labels)
@@ -444,14 +546,20 @@ class Engine:
 
     def _key_limits(self, ops: _Ops, ev: Mapping[str, Any], labels: Labels, t: float) -> None:
         headers = wire.headers_as_dict(ev.get("headers"))
-        key_labels = self._with_extras(
-            {
-                "hashed_api_key": labels["hashed_api_key"],
-                "api_key_alias": labels["api_key_alias"],
-                "model": sanitize(ev.get("key_model_group")),
-                "model_id": labels["model_id"],
-            },
-            {"custom_labels": ev.get("custom_labels")},
+        key_model_group = ev.get("key_model_group")
+        key_labels = self._derive(
+            labels,
+            ("key_limits", key_model_group),
+            lambda: self._with_extras(
+                {
+                    "hashed_api_key": labels["hashed_api_key"],
+                    "api_key_alias": labels["api_key_alias"],
+                    "model": sanitize(key_model_group),
+                    "model_id": labels["model_id"],
+                },
+                {"custom_labels": ev.get("custom_labels")},
+            ),
+            merge=False,
         )
         for rtype, name in (
             ("requests", "litellm_remaining_api_key_requests_for_model"),
@@ -481,7 +589,7 @@ class Engine:
         for descriptor, header_type, rtype, prefix in self._V3:
             limit = strict_int(headers.get(f"x-ratelimit-{descriptor}-limit-{header_type}"))
             remaining = strict_int(headers.get(f"x-ratelimit-{descriptor}-remaining-{header_type}"))
-            rl_labels = {**labels, "rate_limit_type": rtype}
+            rl_labels = self._derive(labels, ("rate_limit_type", rtype), functools.partial(dict, rate_limit_type=rtype))
             allowed, used = f"{prefix}_allowed_metric", f"{prefix}_used_metric"
             if limit is None or remaining is None:
                 self._remove(ops, allowed, rl_labels, t)
@@ -503,7 +611,12 @@ class Engine:
             self._budget_gauges(
                 ops,
                 "api_key",
-                {"hashed_api_key": sanitize(key), "api_key_alias": sanitize(ev.get("api_key_alias") or "")},
+                self._derive(
+                    labels,
+                    ("budget_key",),
+                    lambda: {"hashed_api_key": sanitize(key), "api_key_alias": sanitize(ev.get("api_key_alias") or "")},
+                    merge=False,
+                ),
                 b.get("user_api_key_spend"),
                 b.get("user_api_key_max_budget"),
                 b.get("user_api_key_budget_reset_at"),
@@ -518,7 +631,12 @@ class Engine:
             self._budget_gauges(
                 ops,
                 "team",
-                {"team": sanitize(team), "team_alias": sanitize(ev.get("team_alias") or "")},
+                self._derive(
+                    labels,
+                    ("budget_team",),
+                    lambda: {"team": sanitize(team), "team_alias": sanitize(ev.get("team_alias") or "")},
+                    merge=False,
+                ),
                 b.get("user_api_key_team_spend"),
                 max_budget,
                 b.get("user_api_key_team_budget_reset_at"),
@@ -530,11 +648,17 @@ class Engine:
             max_budget = b.get("user_api_key_user_max_budget")
             if max_budget is None:
                 max_budget = b.get("user_api_key_user_table_max_budget")
-            user_labels = {
-                "user": sanitize(user),
-                "user_email": sanitize(ev.get("user_email") or ""),
-                "user_alias": sanitize(b.get("user_api_key_user_alias") or ""),
-            }
+            user_alias = b.get("user_api_key_user_alias")
+            user_labels = self._derive(
+                labels,
+                ("budget_user", user_alias),
+                lambda: {
+                    "user": sanitize(user),
+                    "user_email": sanitize(ev.get("user_email") or ""),
+                    "user_alias": sanitize(user_alias or ""),
+                },
+                merge=False,
+            )
             self._budget_gauges(
                 ops,
                 "user",
@@ -550,7 +674,12 @@ class Engine:
             self._budget_gauges(
                 ops,
                 "org",
-                {"org_id": sanitize(org), "org_alias": sanitize(ev.get("org_alias") or "")},
+                self._derive(
+                    labels,
+                    ("budget_org",),
+                    lambda: {"org_id": sanitize(org), "org_alias": sanitize(ev.get("org_alias") or "")},
+                    merge=False,
+                ),
                 b.get("user_api_key_org_spend"),
                 b.get("user_api_key_org_max_budget"),
                 None,
