@@ -11,6 +11,7 @@ a crash at any instruction leaves the batch either wholly applied or not at all.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -80,7 +81,8 @@ class ShardApplier:
         dup = _in_batch_duplicates(entries)
         dropped: list[str] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            delta = build_delta([e for e in entries if e.entry_id not in dup])
+            # In a worker thread: the event loop stays free to keep the batch's entries claimed.
+            delta = await asyncio.to_thread(build_delta, [e for e in entries if e.entry_id not in dup])
             keys, args = self._encode(entries, dup, dead, delta, now)
             reply = await self._script(keys=keys, args=args)
             status = _text(reply[0])

@@ -4,8 +4,9 @@ Order of work: first this consumer's own pending entries (left by a previous run
 same name), then new entries with a blocking read that is shorter than the socket timeout.
 Every ``claim_interval`` entries pending at other consumers for longer than ``claim_min_idle``
 are claimed (XAUTOCLAIM); an entry delivered more than ``max_deliveries`` times is
-dead-lettered instead of applied. Housekeeping (trimming processed entries, removing dead
-consumers, detecting lost entries) runs every ``housekeeping_interval``.
+dead-lettered instead of applied. While a batch is being applied its entries' idle time is kept
+low, so a live consumer that is merely slow keeps its batch. Housekeeping (trimming processed
+entries, removing dead consumers, detecting lost entries) runs every ``housekeeping_interval``.
 
 A batch is either applied and acknowledged in one atomic script or not at all; stopping
 (SIGTERM) lets the batch in hand finish and leaves the rest pending for the next run.
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +30,24 @@ from aggregator.housekeeping import Housekeeper
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
 from producer.keys import Keys
-from producer.wire import WireError, decode_entry
+from producer.wire import F_DATA, WireError, decode_entry
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
 DeltaBuilder = Callable[[Sequence[PendingEntry]], Delta]
+# Reset the idle time of entries still pending at this consumer; XCLAIM ... JUSTID does not
+# count a delivery. KEYS: stream. ARGV: group, consumer, entry ids.
+_TOUCH = """
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  if #redis.call("XPENDING", stream, group, ARGV[i], ARGV[i], 1, consumer) == 1 then
+    redis.call("XCLAIM", stream, group, consumer, 0, ARGV[i], "JUSTID")
+  end
+end
+return 0
+"""
+# The largest sequence number Lua (doubles) represents exactly; no producer gets near it.
+MAX_SEQ = 2**53 - 1
 
 
 @dataclass
@@ -71,6 +85,7 @@ class ShardConsumer:
         self.consumer = settings.consumer_name
         self.build_delta = build_delta
         self.applier = ShardApplier(client, self.keys, shard, self.group, self.consumer)
+        self._touch = client.register_script(_TOUCH)
         self.housekeeper = Housekeeper(client, self.keys, shard, settings)
         self.counters = ConsumerCounters()
         self.ready = False
@@ -87,20 +102,25 @@ class ShardConsumer:
         self.ready = True
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.ensure_group()
-        await self._drain_own_pending(stop)
         next_claim = time.monotonic() + self.settings.claim_interval
         next_housekeeping = time.monotonic()
         backoff = 0.1
+        started = False
         while not stop.is_set():
             try:
+                if not started:  # Redis may be down when the process starts: retry like any read
+                    await self.ensure_group()
+                    await self._drain_own_pending(stop)
+                    started = True
                 now = time.monotonic()
+                # A claim or housekeeping round that fails (or keeps failing) must not keep the
+                # loop from reading new entries: it is logged and tried again at its next time.
                 if now >= next_claim:
-                    await self._claim_stale(stop)
                     next_claim = now + self.settings.claim_interval
+                    await self._periodic("claim", self._claim_stale(stop))
                 if now >= next_housekeeping:
-                    await self.housekeeper.run_once()
                     next_housekeeping = now + self.settings.housekeeping_interval
+                    await self._periodic("housekeeping", self.housekeeper.run_once())
                 raw: Any = await self.client.xreadgroup(
                     self.group,
                     self.consumer,
@@ -119,6 +139,15 @@ class ShardConsumer:
                 log.warning("shard %s: %s: %s; retrying in %.1f s", self.shard, type(exc).__name__, exc, backoff)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _periodic(self, what: str, job: Awaitable[object]) -> None:
+        try:
+            await job
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.counters.errors += 1
+            log.warning("shard %s: %s failed: %s: %s", self.shard, what, type(exc).__name__, exc)
 
     async def _drain_own_pending(self, stop: asyncio.Event) -> None:
         """Entries delivered to this consumer name before a restart and never acknowledged."""
@@ -164,13 +193,31 @@ class ShardConsumer:
             if deliveries.get(entry_id, 0) > self.settings.max_deliveries:
                 dead.append(DeadEntry(entry_id, "too_many_deliveries", f"{deliveries[entry_id]} deliveries"))
                 continue
+            size = len(fields.get(F_DATA.encode(), b""))
+            if size > self.settings.max_entry_bytes:  # decode_entry bounds only decompressed data
+                limit = self.settings.max_entry_bytes
+                dead.append(DeadEntry(entry_id, "too_large", f"{size} bytes of events; the limit is {limit}"))
+                continue
             try:
                 entry = decode_entry(fields, self.settings.max_entry_bytes)
             except WireError as exc:
                 dead.append(DeadEntry(entry_id, exc.reason, exc.detail))
                 continue
+            if entry.seq > MAX_SEQ:  # the apply and gap scripts compute with Lua's doubles
+                dead.append(DeadEntry(entry_id, "bad_header", f"sequence {entry.seq} is above {MAX_SEQ}"))
+                continue
             pending.append(PendingEntry(entry_id, entry.producer_id, entry.seq, entry.events))
-        result = await self.applier.apply(pending, dead, self.build_delta, time.time())
+        ids = [_text(i) for i, _ in entries]
+        keeper = asyncio.create_task(self._keep_owned(ids))
+        try:
+            result = await self.applier.apply(pending, dead, _guarded(self.build_delta), time.time())
+        except _EngineError:
+            # An event the engine cannot handle must not block (and, after max_deliveries,
+            # dead-letter) the whole batch: dead-letter just the entries that fail.
+            pending, dead = self._isolate_engine_errors(pending, dead)
+            result = await self.applier.apply(pending, dead, self.build_delta, time.time())
+        finally:
+            keeper.cancel()
         elapsed = time.perf_counter() - started
         c = self.counters
         c.batches += 1
@@ -186,6 +233,32 @@ class ShardConsumer:
             log.warning("shard %s: dead-lettered %d entries (%s)", self.shard, len(dead), dead[0].reason)
         return result
 
+    async def _keep_owned(self, ids: list[str]) -> None:
+        """While a batch is being applied, reset the idle time of its entries (those still
+        pending here), so that live consumers do not claim a batch that is merely slow: every
+        claim counts as a delivery, and ``max_deliveries`` would dead-letter healthy entries."""
+        while True:
+            await asyncio.sleep(self.settings.claim_min_idle / 3)
+            try:
+                await self._touch(keys=[self.stream], args=[self.group, self.consumer, *ids])
+            except Exception as exc:  # Redis down: the apply fails too and the entries stay pending
+                log.debug("shard %s: cannot refresh the batch's claim: %s", self.shard, exc)
+
+    def _isolate_engine_errors(
+        self, pending: list[PendingEntry], dead: list[DeadEntry]
+    ) -> tuple[list[PendingEntry], list[DeadEntry]]:
+        good: list[PendingEntry] = []
+        dead = list(dead)
+        for entry in pending:
+            try:
+                self.build_delta([entry])
+            except Exception as exc:
+                log.exception("shard %s: entry %s cannot be applied", self.shard, entry.entry_id)
+                dead.append(DeadEntry(entry.entry_id, "engine_error", f"{type(exc).__name__}: {exc}"))
+            else:
+                good.append(entry)
+        return good, dead
+
     async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
         out: dict[str, int] = {}
         for entry_id in ids:
@@ -193,6 +266,20 @@ class ShardConsumer:
             if rows:
                 out[entry_id] = int(rows[0]["times_delivered"])
         return out
+
+
+class _EngineError(Exception):
+    """Building the delta of a batch raised (an event the engine does not handle)."""
+
+
+def _guarded(build: DeltaBuilder) -> DeltaBuilder:
+    def build_guarded(entries: Sequence[PendingEntry]) -> Delta:
+        try:
+            return build(entries)
+        except Exception as exc:
+            raise _EngineError(f"{type(exc).__name__}: {exc}") from exc
+
+    return build_guarded
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
