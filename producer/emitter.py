@@ -149,7 +149,9 @@ class Emitter:
         """Buffer one encoded event. Returns False (and counts why) when it is dropped."""
         n = len(data)
         s = self.settings
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             c = self.counters
             if self._closed:
                 c.dropped["closed"] += 1
@@ -171,7 +173,9 @@ class Emitter:
                 self._start_locked()
             elif buffered + 1 == s.batch_max_events:
                 self._wake.set()
-        return True
+            return True
+        finally:
+            lock.release()
 
     def count_dropped(self, reason: str) -> None:
         with self._lock:

@@ -192,6 +192,10 @@ def exception_class(exc: object) -> str | None:
 # -- success ---------------------------------------------------------------------------------------
 
 _HEADER_FIELDS = wire.HEADER_FIELDS
+# LiteLLM's times are naive local datetimes; where local time is UTC (containers, as a rule)
+# they convert to epoch seconds without the C library's mktime.
+_LOCAL_IS_UTC = time.timezone == 0 and time.altzone == 0 and not time.daylight
+_EPOCH_NAIVE = datetime(1970, 1, 1)
 _EMPTY: Mapping[str, Any] = {}
 _KEY_REMAINING_NAMES: dict[object, tuple[str, str]] = {}
 
@@ -363,7 +367,7 @@ def success_event(
     mcp = md.get("mcp_tool_call_metadata")
     event = [
         wire.SUCCESS,
-        kend.timestamp(),
+        (kend - _EPOCH_NAIVE).total_seconds() if _LOCAL_IS_UTC and kend.tzinfo is None else kend.timestamp(),
         *md_values,
         *slp_values,
         end_user_for_prometheus(end_user) if end_user else None,
