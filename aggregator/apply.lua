@@ -6,7 +6,7 @@
 -- ARGV: group, consumer, now,
 --       np, producer ids (np),
 --       ne, ne x (entry id, producer index, seq, events, assumed_duplicate 0/1),
---       nd, nd x (entry id, reason, detail),
+--       nd, nd x (entry id, reason, detail, producer index or 0, seq or 0),
 --       ni, ni x (key index, field, amount)                      -- HINCRBYFLOAT
 --       ng, ng x (value key index, time key index, field, t, value or "" to remove)
 --       ns, ns x (stats field, increment)                        -- e.g. rejected events by reason
@@ -33,8 +33,9 @@ end
 local nd = tonumber(ARGV[i]); i = i + 1
 local deads = {}
 for d = 1, nd do
-  deads[d] = {id = ARGV[i], reason = ARGV[i + 1], detail = ARGV[i + 2]}
-  i = i + 3
+  deads[d] = {id = ARGV[i], reason = ARGV[i + 1], detail = ARGV[i + 2],
+              p = tonumber(ARGV[i + 3]), seq = tonumber(ARGV[i + 4])}
+  i = i + 5
 end
 
 local function owned(id)
@@ -78,10 +79,37 @@ for _ = 1, ng do
   local field, t, value = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local current = redis.call("HGET", tkey, field)
   if current == false or tonumber(t) >= tonumber(current) then
-    if value == "" then redis.call("HDEL", vkey, field) else redis.call("HSET", vkey, field, value) end
-    redis.call("HSET", tkey, field, t)
+    if value ~= "" then
+      redis.call("HSET", vkey, field, value)
+      redis.call("HSET", tkey, field, t)
+    elseif redis.call("HDEL", vkey, field) == 1 then
+      -- Removing a series that exists leaves its removal time, so an older write cannot bring
+      -- it back; removing one that never existed writes nothing (no state per caller).
+      redis.call("HSET", tkey, field, t)
+    end
   end
   i = i + 5
+end
+
+-- Record (producer, seq) as processed: add it above the high-water mark, then advance the mark
+-- over contiguous sequence numbers. Returns false when it was already recorded.
+local function mark_seen(p, seq, id)
+  local pid = producers[p]
+  local zkey = KEYS[5 + p]
+  if marks[pid] == nil then marks[pid] = tonumber(redis.call("HGET", hwm, pid) or "0") end
+  if seq <= marks[pid] or redis.call("ZCOUNT", zkey, seq, seq) > 0 then return false end
+  -- member "<seq> <entry id>": the entry id lets housekeeping prove a missing seq was lost
+  redis.call("ZADD", zkey, seq, seq .. " " .. id)
+  local mark = marks[pid]
+  while true do
+    local low = redis.call("ZRANGE", zkey, 0, 0, "WITHSCORES")
+    if #low == 0 or tonumber(low[2]) ~= mark + 1 then break end
+    redis.call("ZREMRANGEBYRANK", zkey, 0, 0)
+    mark = mark + 1
+  end
+  marks[pid] = mark
+  redis.call("HSET", hwm, pid, mark)
+  return true
 end
 
 local applied_entries, dup_entries, applied_events = 0, 0, 0
@@ -92,18 +120,7 @@ for _, e in ipairs(entries) do
     dup_entries = dup_entries + 1
   else
     local pid = producers[e.p]
-    local zkey = KEYS[5 + e.p]
-    -- member "<seq> <entry id>": the entry id lets housekeeping prove a missing seq was lost
-    redis.call("ZADD", zkey, e.seq, e.seq .. " " .. e.id)
-    local mark = marks[pid]
-    while true do
-      local low = redis.call("ZRANGE", zkey, 0, 0, "WITHSCORES")
-      if #low == 0 or tonumber(low[2]) ~= mark + 1 then break end
-      redis.call("ZREMRANGEBYRANK", zkey, 0, 0)
-      mark = mark + 1
-    end
-    marks[pid] = mark
-    redis.call("HSET", hwm, pid, mark)
+    mark_seen(e.p, e.seq, e.id)
     redis.call("HINCRBY", applied, pid, e.n)
     applied_entries = applied_entries + 1
     applied_events = applied_events + e.n
@@ -120,6 +137,8 @@ for _, d in ipairs(deads) do
   end
   redis.call("XADD", dead, "MAXLEN", "~", "100000", "*", unpack(fields))
   redis.call("HINCRBY", stats, "dead_" .. d.reason, 1)
+  -- A dead-lettered entry whose header was readable is processed, not lost.
+  if d.p > 0 and d.seq > 0 then mark_seen(d.p, d.seq, d.id) end
   ids[#ids + 1] = d.id
 end
 

@@ -38,9 +38,14 @@ class PendingEntry:
 
 @dataclass(frozen=True)
 class DeadEntry:
+    """An entry to dead-letter; ``producer_id``/``seq`` when its header could be read, so that it
+    counts as processed rather than lost."""
+
     entry_id: str
     reason: str
     detail: str
+    producer_id: str | None = None
+    seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,10 +115,10 @@ class ShardApplier:
         s = self.shard
         producers: list[str] = []
         pindex: dict[str, int] = {}
-        for e in entries:
-            if e.producer_id not in pindex:
-                producers.append(e.producer_id)
-                pindex[e.producer_id] = len(producers)
+        for pid in [e.producer_id for e in entries] + [d.producer_id for d in dead if d.producer_id and d.seq]:
+            if pid not in pindex:
+                producers.append(pid)
+                pindex[pid] = len(producers)
         keys = [k.stream(s), k.dead_letters(s), k.shard_stats(s), k.applied_by_producer(s), k.high_water_marks(s)]
         keys += [k.seen_above_mark(s, p) for p in producers]
         mkeys: dict[str, int] = {}
@@ -131,7 +136,9 @@ class ShardApplier:
             args += [e.entry_id, pindex[e.producer_id], e.seq, len(e.events), 1 if e.entry_id in dup else 0]
         args.append(len(dead))
         for d in dead:
-            args += [d.entry_id, d.reason, d.detail[:500]]
+            known = bool(d.producer_id and d.seq)
+            pidx = pindex[d.producer_id] if known and d.producer_id else 0
+            args += [d.entry_id, d.reason, d.detail[:500], pidx, d.seq if known and d.seq else 0]
         incs: list[str | int | float] = []
         for (mkey, series), amount in delta.counters.items():
             incs += [key_index("c", mkey), series, format_number(amount)]

@@ -30,7 +30,7 @@ from aggregator.housekeeping import Housekeeper
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
 from producer.keys import Keys
-from producer.wire import F_DATA, WireError, decode_entry
+from producer.wire import F_DATA, F_PRODUCER, F_SEQ, WireError, decode_entry
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
@@ -191,17 +191,20 @@ class ShardConsumer:
         for raw_id, fields in entries:
             entry_id = _text(raw_id)
             if deliveries.get(entry_id, 0) > self.settings.max_deliveries:
-                dead.append(DeadEntry(entry_id, "too_many_deliveries", f"{deliveries[entry_id]} deliveries"))
+                dead.append(
+                    DeadEntry(entry_id, "too_many_deliveries", f"{deliveries[entry_id]} deliveries", *_header(fields))
+                )
                 continue
             size = len(fields.get(F_DATA.encode(), b""))
             if size > self.settings.max_entry_bytes:  # decode_entry bounds only decompressed data
                 limit = self.settings.max_entry_bytes
-                dead.append(DeadEntry(entry_id, "too_large", f"{size} bytes of events; the limit is {limit}"))
+                detail = f"{size} bytes of events; the limit is {limit}"
+                dead.append(DeadEntry(entry_id, "too_large", detail, *_header(fields)))
                 continue
             try:
                 entry = decode_entry(fields, self.settings.max_entry_bytes)
             except WireError as exc:
-                dead.append(DeadEntry(entry_id, exc.reason, exc.detail))
+                dead.append(DeadEntry(entry_id, exc.reason, exc.detail, *_header(fields)))
                 continue
             if entry.seq > MAX_SEQ:  # the apply and gap scripts compute with Lua's doubles
                 dead.append(DeadEntry(entry_id, "bad_header", f"sequence {entry.seq} is above {MAX_SEQ}"))
@@ -254,7 +257,8 @@ class ShardConsumer:
                 self.build_delta([entry])
             except Exception as exc:
                 log.exception("shard %s: entry %s cannot be applied", self.shard, entry.entry_id)
-                dead.append(DeadEntry(entry.entry_id, "engine_error", f"{type(exc).__name__}: {exc}"))
+                detail = f"{type(exc).__name__}: {exc}"
+                dead.append(DeadEntry(entry.entry_id, "engine_error", detail, entry.producer_id, entry.seq))
             else:
                 good.append(entry)
         return good, dead
@@ -285,6 +289,17 @@ def _guarded(build: DeltaBuilder) -> DeltaBuilder:
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _header(fields: Any) -> tuple[str | None, int | None]:
+    """The producer id and sequence number of an entry, when its header can be read at all (so a
+    dead-lettered entry still counts as processed, not lost)."""
+    try:
+        producer = fields[F_PRODUCER.encode()].decode()
+        seq = int(fields[F_SEQ.encode()])
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError):
+        return None, None
+    return (producer, seq) if 1 <= seq <= MAX_SEQ and producer else (None, None)
 
 
 def _text(value: object) -> str:

@@ -223,3 +223,50 @@ async def test_dead_letter_needs_ownership(aclient: aioredis.Redis, redis_client
     result = await applier.apply([], [DeadEntry(entry, "missing_field", "x")], count_events, time.time())
     assert result.dead_entries == 0 and result.not_owned == (entry,)
     assert redis_client.xlen(keys.dead_letters(0)) == 0
+
+
+async def test_dead_lettered_entries_with_a_readable_header_are_not_counted_lost(
+    aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    s = settings(redis_url, namespace)
+    consumer = ShardConsumer(aclient, s, 0, count_events)
+    await consumer.ensure_group()
+    xadd(redis_client, keys, "p1", 1, [1])
+    # seq 2: a readable header but an undecodable payload
+    redis_client.xadd(keys.stream(0), {"v": "1.0", "p": "p1", "s": "2", "n": "1", "c": "json", "d": "{nope"})
+    xadd(redis_client, keys, "p1", 3, [1])
+    raw = await aclient.xreadgroup(GROUP, "c1", {keys.stream(0): ">"}, count=10)
+    result = await consumer.process(raw[0][1])
+    assert (result.applied_entries, result.dead_entries) == (2, 1)
+    assert redis_client.hget(keys.high_water_marks(0), "p1") == b"3"
+    assert await consumer.housekeeper.detect_lost() == 0
+    assert redis_client.hget(keys.shard_stats(0), "lost_entries") is None
+
+
+async def test_removing_a_gauge_series_that_never_existed_writes_nothing(
+    aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    xadd(redis_client, keys, "p1", 1, [1])
+    xadd(redis_client, keys, "p1", 2, [1])
+
+    def gauges(entries: Sequence[PendingEntry]) -> Delta:
+        d = Delta()
+        for e in entries:
+            if e.seq == 1:
+                d.set_gauge("g:0", '["exists"]', 10.0, 5.0)
+            d.set_gauge("g:0", '["never"]', 20.0, None)  # removal of a series nobody set
+            if e.seq == 2:
+                d.set_gauge("g:0", '["exists"]', 30.0, None)  # removal of an existing one
+        return d
+
+    applier = ShardApplier(aclient, keys, 0, GROUP, "c1")
+    for entry in await read(aclient, keys, "c1", count=1):
+        await applier.apply([entry], [], gauges, time.time())
+    for entry in await read(aclient, keys, "c1", count=1):
+        await applier.apply([entry], [], gauges, time.time())
+    assert redis_client.hgetall(keys.metric(0, "g", "g:0")) == {}
+    # Only the removed series keeps its removal time (so an older write cannot resurrect it).
+    assert redis_client.hgetall(keys.metric(0, "gt", "g:0")) == {b'["exists"]': b"30.0"}
