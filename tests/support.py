@@ -77,3 +77,86 @@ def headers_of(event: dict[str, Any]) -> dict[str, Any]:
     from producer.wire import headers_as_dict
 
     return headers_as_dict(event.get("headers"))
+
+
+class ReplyLosingProxy:
+    """A TCP proxy in front of Redis that loses replies. For each request containing XADD,
+    ``lose()`` decides; when it says so, the request is forwarded, and as soon as Redis starts
+    answering, the answer is thrown away and both connections are closed. Redis may have applied
+    all, some (the rest of a pipeline never arrives) or none of the request: the writer cannot
+    know and retries. Everything else passes through."""
+
+    def __init__(self, upstream_port: int, lose: Callable[[], bool]) -> None:
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.lose = lose
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.dropped_replies = 0
+        self.lock = threading.Lock()
+        self.sockets: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            self.sockets += [client, upstream]
+            state = {"swallow": False}
+            threading.Thread(target=self._up, args=(client, upstream, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(client, upstream, state), daemon=True).start()
+
+    def _up(self, client: Any, upstream: Any, state: dict[str, bool]) -> None:
+        import contextlib
+        import socket
+
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if b"XADD" in data:
+                    with self.lock:
+                        if self.lose():
+                            state["swallow"] = True
+                upstream.sendall(data)
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+
+    def _down(self, client: Any, upstream: Any, state: dict[str, bool]) -> None:
+        import contextlib
+        import socket
+
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if state["swallow"]:
+                    with self.lock:
+                        self.dropped_replies += 1
+                    break
+                client.sendall(data)
+        for s in (client, upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self) -> None:
+        import contextlib
+
+        self.sock.close()
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.close()

@@ -25,15 +25,12 @@ produce URL NAMESPACE EVENTS RATE OUT.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,6 +47,7 @@ from aggregator.local_server import LocalServer
 from aggregator.snapshot import read_families
 from producer.keys import Keys
 from producer.wire import SUCCESS_FIELDS
+from tests.support import ReplyLosingProxy
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -308,75 +306,6 @@ def start_producer(url: str, namespace: str, events: int, rate: float, out: Path
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-class LossyProxy:
-    """A TCP proxy in front of Redis that loses replies: a request containing XADD is, with
-    probability ``p``, forwarded to Redis, and as soon as Redis starts answering the reply is
-    thrown away and both connections are closed. Redis may have applied all, some (the rest of
-    a pipeline never arrives) or none of the request; the writer cannot know and retries."""
-
-    def __init__(self, upstream_port: int, p: float, rng: random.Random) -> None:
-        self.upstream_port = upstream_port
-        self.p = p
-        self.rng = rng
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.dropped_replies = 0
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            except OSError:
-                client.close()
-                continue
-            self.sockets += [client, upstream]
-            state = {"swallow": False}
-            threading.Thread(target=self._up, args=(client, upstream, state), daemon=True).start()
-            threading.Thread(target=self._down, args=(client, upstream, state), daemon=True).start()
-
-    def _up(self, client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
-        with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                if b"XADD" in data:
-                    with self.lock:
-                        if self.rng.random() < self.p:
-                            state["swallow"] = True
-                upstream.sendall(data)
-        with contextlib.suppress(OSError):
-            upstream.shutdown(socket.SHUT_WR)
-
-    def _down(self, client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
-        with contextlib.suppress(OSError):
-            while data := upstream.recv(65536):
-                if state["swallow"]:
-                    with self.lock:
-                        self.dropped_replies += 1
-                    break
-                client.sendall(data)
-        for s in (client, upstream):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def close(self) -> None:
-        self.sock.close()
-        for s in self.sockets:
-            with contextlib.suppress(OSError):
-                s.close()
 
 
 # -- the chaos run --------------------------------------------------------------------------------
@@ -667,7 +596,8 @@ def test_aggregators_killed_at_random_apply_everything_exactly_once(
 
 
 def test_lost_producer_replies_are_not_counted_twice(private_server: LocalServer, tmp_path: Path) -> None:
-    proxy = LossyProxy(private_server.port, p=0.15, rng=random.Random(2))
+    rng = random.Random(2)
+    proxy = ReplyLosingProxy(private_server.port, lambda: rng.random() < 0.15)
     try:
         run = Run(
             "lost-replies",

@@ -20,7 +20,7 @@ from aggregator.local_server import LocalServer, free_port
 from producer.emitter import DROP_REASONS, Emitter
 from producer.keys import Keys
 from producer.wire import encode_event
-from tests.support import producer_stats, read_entries, read_events, settings_for, wait_for
+from tests.support import ReplyLosingProxy, producer_stats, read_entries, read_events, settings_for, wait_for
 
 pytestmark = pytest.mark.fault
 
@@ -418,72 +418,11 @@ def test_write_given_up_at_shutdown_that_lands_later_is_not_counted_twice(
 # -- 6. a retried write whose first reply was lost ------------------------------------------------
 
 
-class ReplyDroppingProxy:
-    """A TCP proxy in front of Redis. For the first request containing XADD it forwards the
-    request, waits until Redis has answered (so the XADD was applied), throws the answer away and
-    closes the client's connection. Everything else passes through."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.armed = True
-        self.dropped_replies = 0
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self.sockets += [client, upstream]
-            state = {"swallow": False}
-            threading.Thread(target=self._up, args=(client, upstream, state), daemon=True).start()
-            threading.Thread(target=self._down, args=(client, upstream, state), daemon=True).start()
-
-    def _up(self, client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
-        with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                with self.lock:
-                    if self.armed and b"XADD" in data:
-                        self.armed = False
-                        state["swallow"] = True
-                upstream.sendall(data)
-        with contextlib.suppress(OSError):
-            upstream.shutdown(socket.SHUT_WR)
-
-    def _down(self, client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
-        with contextlib.suppress(OSError):
-            while data := upstream.recv(65536):
-                if state["swallow"]:
-                    self.dropped_replies += 1
-                    break
-                client.sendall(data)
-        for s in (client, upstream):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def close(self) -> None:
-        self.sock.close()
-        for s in self.sockets:
-            with contextlib.suppress(OSError):
-                s.close()
-
-
 def test_retry_after_lost_reply_reuses_the_sequence_number(
     private_server: LocalServer, emitters: list[Emitter]
 ) -> None:
-    proxy = ReplyDroppingProxy(private_server.port)
+    first_only = iter([True])
+    proxy = ReplyLosingProxy(private_server.port, lambda: next(first_only, False))
     ns = new_ns()
     try:
         em = Emitter(settings_for(proxy.url, ns))
