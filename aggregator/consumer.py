@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,7 +64,6 @@ class ConsumerCounters:
     not_owned_entries: int = 0
     apply_seconds_sum: float = 0.0
     apply_seconds_max: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)
     errors: int = 0
 
 

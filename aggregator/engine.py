@@ -978,13 +978,3 @@ def _positive_number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         return None
     return float(value)
-
-
-def _cache_write_tokens(prompt_details: object) -> int | None:
-    if not isinstance(prompt_details, dict):
-        return None
-    for key in ("cache_write_tokens", "cache_creation_tokens"):
-        value = prompt_details.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
