@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
@@ -74,8 +75,11 @@ class ShardConsumer:
         settings: AggregatorSettings,
         shard: int,
         build_delta: DeltaBuilder,
+        schemas: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.client = client
+        # metric key -> label names, recorded in the shard's ``schemas`` hash at start.
+        self.schemas = dict(schemas or {})
         self.settings = settings
         self.shard = shard
         self.keys = Keys(settings.namespace, settings.shards)
@@ -98,6 +102,13 @@ class ShardConsumer:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        if self.schemas:
+            # The label names of every metric key this process writes, so readers can render
+            # series stored under an earlier label configuration too.
+            await self.client.hset(
+                self.keys.schemas(self.shard),
+                mapping={k: orjson.dumps(list(v)).decode() for k, v in self.schemas.items()},
+            )
         self.ready = True
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -45,8 +45,14 @@ class Aggregator:
         self.config = config or load_metrics_config(settings)
         self.engine = Engine(self.config)
         self.client = create_client(settings)
+        schemas = {
+            mkey: self.engine.label_names(m.name)
+            for m in self.config.metrics()
+            if (mkey := self.engine.metric_key(m.name)) is not None
+        }
         self.consumers = [
-            ShardConsumer(self.client, settings, shard, self.engine.build_delta) for shard in range(settings.shards)
+            ShardConsumer(self.client, settings, shard, self.engine.build_delta, schemas)
+            for shard in range(settings.shards)
         ]
         self.stop = asyncio.Event()
 

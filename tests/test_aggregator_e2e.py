@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 
 import litellm
+import orjson
 import pytest
 import redis
 
@@ -85,3 +86,14 @@ async def test_success_and_failure_become_litellm_metrics(
     assert [s[2] for s in failed] == [1.0]
     latency = {s[0]: s[2] for s in fams["litellm_request_total_latency_metric"].samples(0) if s[0].endswith("_count")}
     assert latency == {"litellm_request_total_latency_metric_count": 1.0}
+
+
+async def test_label_schemas_are_recorded(redis_url: str, namespace: str, redis_client: redis.Redis) -> None:
+    agg = Aggregator(AggregatorSettings(redis_url=redis_url, namespace=namespace, consumer_name="schemas"))
+    await agg.consumers[0].ensure_group()
+    await agg.client.aclose()
+    schemas = redis_client.hgetall(Keys(namespace).schemas(0))
+    mkey = agg.engine.metric_key("litellm_requests_metric")
+    assert mkey is not None
+    assert orjson.loads(schemas[mkey.encode()]) == list(agg.engine.label_names("litellm_requests_metric"))
+    assert len(schemas) == len(agg.config.metrics())
