@@ -7,9 +7,11 @@
 --       np, producer ids (np),
 --       ne, ne x (entry id, producer index, seq, events, assumed_duplicate 0/1),
 --       nd, nd x (entry id, reason, detail, producer index or 0, seq or 0),
---       ni, ni x (key index, field, amount)                      -- HINCRBYFLOAT
---       ng, ng x (value key index, time key index, field, t, value or "" to remove)
---       ns, ns x (stats field, increment)                        -- e.g. rejected events by reason
+--       then one JSON document with the metric updates (one argument instead of hundreds of
+--       thousands: the client's command packing and the server's argument parsing stay cheap):
+--       {"i": [key index, field, amount, ...],                        -- HINCRBYFLOAT
+--        "g": [value key index, time key index, field, t, value or "" to remove, ...],
+--        "s": [stats field, increment, ...]}                          -- e.g. rejected events
 --
 -- Nothing is written unless every entry is still pending for this consumer and every
 -- duplicate assumption holds; otherwise the reply says what the caller must change:
@@ -67,16 +69,15 @@ if #not_owned > 0 or #wrong_dup > 0 then
 end
 
 -- Phase 2: apply. Every check is done; nothing below can fail on valid input.
-local ni = tonumber(ARGV[i]); i = i + 1
+local delta = cjson.decode(ARGV[i])
 local mbase = 5 + np
-for _ = 1, ni do
-  redis.call("HINCRBYFLOAT", KEYS[mbase + tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
-  i = i + 3
+local incs, gauges = delta["i"], delta["g"]
+for k = 1, #incs, 3 do
+  redis.call("HINCRBYFLOAT", KEYS[mbase + incs[k]], incs[k + 1], incs[k + 2])
 end
-local ng = tonumber(ARGV[i]); i = i + 1
-for _ = 1, ng do
-  local vkey, tkey = KEYS[mbase + tonumber(ARGV[i])], KEYS[mbase + tonumber(ARGV[i + 1])]
-  local field, t, value = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+for k = 1, #gauges, 5 do
+  local vkey, tkey = KEYS[mbase + gauges[k]], KEYS[mbase + gauges[k + 1]]
+  local field, t, value = gauges[k + 2], gauges[k + 3], gauges[k + 4]
   local current = redis.call("HGET", tkey, field)
   if current == false or tonumber(t) >= tonumber(current) then
     if value ~= "" then
@@ -88,7 +89,6 @@ for _ = 1, ng do
       redis.call("HSET", tkey, field, t)
     end
   end
-  i = i + 5
 end
 
 -- Record (producer, seq) as processed: add it above the high-water mark, then advance the mark
@@ -152,9 +152,8 @@ if applied_entries > 0 then
   redis.call("HINCRBY", stats, "events_applied", applied_events)
 end
 if dup_entries > 0 then redis.call("HINCRBY", stats, "duplicate_entries", dup_entries) end
-local ns = tonumber(ARGV[i]); i = i + 1
-for _ = 1, ns do
-  redis.call("HINCRBY", stats, ARGV[i], ARGV[i + 1])
-  i = i + 2
+local counts = delta["s"]
+for k = 1, #counts, 2 do
+  redis.call("HINCRBY", stats, counts[k], counts[k + 1])
 end
 return {"ok", applied_entries, dup_entries, applied_events, #deads}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from aggregator.state import Delta, format_number, histogram_field
@@ -139,25 +140,25 @@ class ShardApplier:
             known = bool(d.producer_id and d.seq)
             pidx = pindex[d.producer_id] if known and d.producer_id else 0
             args += [d.entry_id, d.reason, d.detail[:500], pidx, d.seq if known and d.seq else 0]
-        incs: list[str | int | float] = []
+        incs: list[str | int] = []
         for (mkey, series), amount in delta.counters.items():
             incs += [key_index("c", mkey), series, format_number(amount)]
         for (mkey, series), h in delta.histograms.items():
             ki = key_index("h", mkey)
             for b, n in enumerate(h.buckets):
                 if n:
-                    incs += [ki, histogram_field(series, f"b{b}"), n]
+                    incs += [ki, histogram_field(series, f"b{b}"), str(n)]
             incs += [ki, histogram_field(series, "s"), format_number(h.total)]
-            incs += [ki, histogram_field(series, "c"), h.count]
-        args.append(len(incs) // 3)
-        args += incs
-        args.append(len(delta.gauges))
+            incs += [ki, histogram_field(series, "c"), str(h.count)]
+        gauges: list[str | int] = []
         for (mkey, series), (t, value) in delta.gauges.items():
-            args += [key_index("g", mkey), key_index("gt", mkey), series, repr(t)]
-            args.append("" if value is None else format_number(value))
-        args.append(len(delta.stats))
+            gauges += [key_index("g", mkey), key_index("gt", mkey), series, repr(t)]
+            gauges.append("" if value is None else format_number(value))
+        counts: list[str | int] = []
         for name, n in delta.stats.items():
-            args += [name, n]
+            counts += [name, n]
+        # cjson decodes an empty array as an (equally empty) object: both iterate as nothing.
+        args.append(orjson.dumps({"i": incs, "g": gauges, "s": counts}).decode())
         keys += list(mkeys)
         return keys, args
 
