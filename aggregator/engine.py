@@ -153,8 +153,10 @@ class LabelSet(dict[str, str]):
 
 
 _MISSING: Any = object()
-# Identities remembered at most (then forgotten all at once and rebuilt on demand).
-LABEL_CACHE_SIZE = 100_000
+# Identities remembered at most (then forgotten all at once and rebuilt on demand). One identity
+# with its series strings and derived label sets takes about 10-20 KiB, so this bounds the cache
+# to roughly 100 MiB even when every event is a new caller (e.g. end-user labels on).
+LABEL_CACHE_SIZE = 5_000
 
 
 def _frozen(value: object) -> object:
