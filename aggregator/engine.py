@@ -12,6 +12,7 @@ string ``"None"``.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -153,10 +154,10 @@ class LabelSet(dict[str, str]):
 
 
 _MISSING: Any = object()
-# Identities remembered at most (then forgotten all at once and rebuilt on demand). One identity
-# with its series strings and derived label sets takes about 10-20 KiB, so this bounds the cache
-# to roughly 100 MiB even when every event is a new caller (e.g. end-user labels on).
-LABEL_CACHE_SIZE = 5_000
+# Identities remembered at most; when full, the older half is forgotten (rebuilt on demand). One
+# identity with its series strings and derived label sets takes about 10-25 KiB, so this bounds
+# the cache to roughly 250 MiB even when every event is a new caller (end-user labels on).
+LABEL_CACHE_SIZE = 10_000
 
 
 def _frozen(value: object) -> object:
@@ -295,11 +296,13 @@ class Engine:
         return {**base, **overrides()} if merge else dict(overrides())
 
     def _identity_labels(self, key: tuple[Any, ...], build: Callable[[], dict[str, str]]) -> LabelSet:
-        labels = self._label_cache.get(key)
+        cache = self._label_cache
+        labels = cache.get(key)
         if labels is None:
-            if len(self._label_cache) >= LABEL_CACHE_SIZE:
-                self._label_cache.clear()
-            labels = self._label_cache[key] = LabelSet(build())
+            if len(cache) >= LABEL_CACHE_SIZE:
+                for old in list(itertools.islice(cache, LABEL_CACHE_SIZE // 2)):
+                    cache.pop(old, None)
+            labels = cache[key] = LabelSet(build())
         return labels
 
     def _inc(self, ops: _Ops, name: str, labels: Labels, amount: float = 1.0) -> None:

@@ -802,3 +802,17 @@ def test_custom_and_tag_labels_are_sanitised() -> None:
 def test_non_text_label_values_render_like_prometheus_client(value: object, rendered: str) -> None:
     assert sanitize(value) == rendered
     assert sanitize_prometheus_label_value(value) in (None, rendered)
+
+
+def test_label_set_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aggregator.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LABEL_CACHE_SIZE", 10)
+    eng = Engine(MetricsConfig.from_litellm_settings({}))
+    delta = Delta()
+    for i in range(100):
+        ev = dict.fromkeys(wire.SUCCESS_FIELDS)
+        ev.update(kind="success", t=1.0, hashed_api_key=f"{i:064x}", model="m", response_cost=0.0)
+        assert eng.add_event(delta, ev)
+        assert len(eng._label_cache) <= 10
+    assert len(delta.counters) > 100  # every identity still counted
