@@ -12,7 +12,6 @@ string ``"None"``.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -300,7 +299,9 @@ class Engine:
         labels = cache.get(key)
         if labels is None:
             if len(cache) >= LABEL_CACHE_SIZE:
-                for old in list(itertools.islice(cache, LABEL_CACHE_SIZE // 2)):
+                # list(cache) copies the keys in one C call (builds of several shards may run
+                # in threads at once); pop() tolerates a key another thread removed already.
+                for old in list(cache)[: LABEL_CACHE_SIZE // 2]:
                     cache.pop(old, None)
             labels = cache[key] = LabelSet(build())
         return labels
