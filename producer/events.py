@@ -357,7 +357,7 @@ def success_event(
         model_info = _EMPTY
     key_md = lmd if "litellm_metadata" in kwargs else pmd
     key_model_group = key_md.get("model_group") if type(key_md) is dict else None
-    remaining_names = _key_remaining_names(key_model_group)
+    remaining_names = _KEY_REMAINING_NAMES.get(key_model_group) or _key_remaining_names(key_model_group)
     # LiteLLM reads ``litellm_metadata`` with the ``user_api_key*`` keys of ``metadata`` merged in.
     end_user_md = pmd if "user_api_key_end_user_id" in pmd else request_md
     end_user = lp.get("user_api_key_end_user_id") or end_user_md.get("user_api_key_end_user_id")
@@ -403,7 +403,7 @@ def success_event(
         mcp.get("mcp_server_name") if type(mcp) is dict else None,
     ]
     key = event[2]
-    if type(key) is str and not is_hashed_key(key):
+    if type(key) is str and key not in _KNOWN_HASHES and not is_hashed_key(key):
         event[2] = normalize_api_key(key, event[3])
     return event
 
