@@ -11,7 +11,11 @@
 --       thousands: the client's command packing and the server's argument parsing stay cheap):
 --       {"i": [key index, field, amount, ...],                        -- HINCRBYFLOAT
 --        "g": [value key index, time key index, field, t, value or "" to remove, ...],
---        "s": [stats field, increment, ...]}                          -- e.g. rejected events
+--        "s": [stats field, increment, ...],                          -- e.g. rejected events
+--        "p": [[index key index, cap or 0, overflow series, metric name], ...],   -- series limits
+--        "x": [[policy, "c", key index, field, amount],                -- updates of limited series
+--              [policy, "h", key index, series, part, amount, ...],
+--              [policy, "g", value key index, time key index, field, t, value or ""], ...]}
 --
 -- Nothing is written unless every entry is still pending for this consumer and every
 -- duplicate assumption holds; otherwise the reply says what the caller must change:
@@ -75,9 +79,7 @@ local incs, gauges = delta["i"], delta["g"]
 for k = 1, #incs, 3 do
   redis.call("HINCRBYFLOAT", KEYS[mbase + incs[k]], incs[k + 1], incs[k + 2])
 end
-for k = 1, #gauges, 5 do
-  local vkey, tkey = KEYS[mbase + gauges[k]], KEYS[mbase + gauges[k + 1]]
-  local field, t, value = gauges[k + 2], gauges[k + 3], gauges[k + 4]
+local function set_gauge(vkey, tkey, field, t, value)
   local current = redis.call("HGET", tkey, field)
   if current == false or tonumber(t) >= tonumber(current) then
     if value ~= "" then
@@ -87,6 +89,48 @@ for k = 1, #gauges, 5 do
       -- Removing a series that exists leaves its removal time, so an older write cannot bring
       -- it back; removing one that never existed writes nothing (no state per caller).
       redis.call("HSET", tkey, field, t)
+    end
+  end
+end
+for k = 1, #gauges, 5 do
+  set_gauge(KEYS[mbase + gauges[k]], KEYS[mbase + gauges[k + 1]], gauges[k + 2], gauges[k + 3], gauges[k + 4])
+end
+
+-- Limited series: a new series is admitted while its index holds fewer than the cap; past it a
+-- counter/histogram update goes to the overflow series (totals stay exact), a gauge update is
+-- dropped. The index records each series' last update time for idle retirement.
+local policies = delta["p"] or {}
+local function admit(pol, series)
+  local index = KEYS[mbase + pol[1]]
+  if redis.call("HSET", index, series, ARGV[3]) == 1 and pol[2] > 0 and redis.call("HLEN", index) > pol[2] then
+    redis.call("HDEL", index, series)
+    return false
+  end
+  return true
+end
+for _, op in ipairs(delta["x"] or {}) do
+  local pol = policies[op[1]]
+  local kind = op[2]
+  if kind == "g" then
+    if op[7] == "" then
+      set_gauge(KEYS[mbase + op[3]], KEYS[mbase + op[4]], op[5], op[6], op[7])
+      redis.call("HDEL", KEYS[mbase + pol[1]], op[5])
+    elseif admit(pol, op[5]) then
+      set_gauge(KEYS[mbase + op[3]], KEYS[mbase + op[4]], op[5], op[6], op[7])
+    else
+      redis.call("HINCRBY", stats, "series_dropped:" .. pol[4], 1)
+    end
+  else
+    local series = op[4]
+    if not admit(pol, series) then
+      series = pol[3]
+      redis.call("HINCRBY", stats, "series_overflow:" .. pol[4], 1)
+    end
+    local key = KEYS[mbase + op[3]]
+    if kind == "c" then
+      redis.call("HINCRBYFLOAT", key, series, op[5])
+    else
+      for k = 5, #op, 2 do redis.call("HINCRBYFLOAT", key, series .. "\31" .. op[k], op[k + 1]) end
     end
   end
 end

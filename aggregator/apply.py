@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from aggregator.series_limits import MetricLimits
 from aggregator.state import Delta, format_number, histogram_field
 from producer.keys import Keys
 
@@ -73,6 +74,8 @@ class ShardApplier:
         self.group = group
         self.consumer = consumer
         self._script = client.register_script(_SCRIPT)
+        #: metric key -> series caps / TTL (see series_limits.py); empty: no limits.
+        self.limits: dict[str, MetricLimits] = {}
 
     async def apply(
         self,
@@ -140,25 +143,57 @@ class ShardApplier:
             known = bool(d.producer_id and d.seq)
             pidx = pindex[d.producer_id] if known and d.producer_id else 0
             args += [d.entry_id, d.reason, d.detail[:500], pidx, d.seq if known and d.seq else 0]
+        limits = self.limits
+        policies: list[list[str | int]] = []
+        policy_index: dict[tuple[str, str], int] = {}
+
+        def limited(mkey: str, series: str) -> int:
+            """The policy number of a limited series (1-based), or 0."""
+            ml = limits.get(mkey)
+            if ml is None:
+                return 0
+            limit = ml.limit_for(series)
+            if limit is None:
+                return 0
+            pk = (mkey, limit.index_kind)
+            idx = policy_index.get(pk)
+            if idx is None:
+                policies.append([key_index(limit.index_kind, mkey), limit.cap, ml.overflow, ml.name])
+                idx = policy_index[pk] = len(policies)
+            return idx
+
         incs: list[str | int] = []
+        capped: list[list[str | int]] = []
         for (mkey, series), amount in delta.counters.items():
-            incs += [key_index("c", mkey), series, format_number(amount)]
+            if limits and (pol := limited(mkey, series)):
+                capped.append([pol, "c", key_index("c", mkey), series, format_number(amount)])
+            else:
+                incs += [key_index("c", mkey), series, format_number(amount)]
         for (mkey, series), h in delta.histograms.items():
             ki = key_index("h", mkey)
+            parts: list[str | int] = []
             for b, n in enumerate(h.buckets):
                 if n:
-                    incs += [ki, histogram_field(series, f"b{b}"), str(n)]
-            incs += [ki, histogram_field(series, "s"), format_number(h.total)]
-            incs += [ki, histogram_field(series, "c"), str(h.count)]
+                    parts += [f"b{b}", str(n)]
+            parts += ["s", format_number(h.total), "c", str(h.count)]
+            if limits and (pol := limited(mkey, series)):
+                capped.append([pol, "h", ki, series, *parts])
+            else:
+                for j in range(0, len(parts), 2):
+                    incs += [ki, histogram_field(series, str(parts[j])), parts[j + 1]]
         gauges: list[str | int] = []
         for (mkey, series), (t, value) in delta.gauges.items():
-            gauges += [key_index("g", mkey), key_index("gt", mkey), series, repr(t)]
-            gauges.append("" if value is None else format_number(value))
+            op: list[str | int] = [key_index("g", mkey), key_index("gt", mkey), series, repr(t)]
+            op.append("" if value is None else format_number(value))
+            if limits and (pol := limited(mkey, series)):
+                capped.append([pol, "g", *op])
+            else:
+                gauges += op
         counts: list[str | int] = []
         for name, n in delta.stats.items():
             counts += [name, n]
         # cjson decodes an empty array as an (equally empty) object: both iterate as nothing.
-        args.append(orjson.dumps({"i": incs, "g": gauges, "s": counts}).decode())
+        args.append(orjson.dumps({"i": incs, "g": gauges, "s": counts, "p": policies, "x": capped}).decode())
         keys += list(mkeys)
         return keys, args
 

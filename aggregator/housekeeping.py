@@ -9,6 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from aggregator.series_limits import MetricLimits, retire_idle
 from aggregator.settings import AggregatorSettings
 from producer.keys import Keys
 
@@ -37,11 +38,16 @@ class Housekeeper:
         self.trimmed = 0
         self.lost = 0
         self.consumers_removed = 0
+        self.retired = 0
+        #: Series caps/TTLs (series_limits.py); set by the daemon, empty: none.
+        self.limits: dict[str, MetricLimits] = {}
 
     async def run_once(self) -> None:
         await self.trim()
         await self.remove_dead_consumers()
         await self.detect_lost()
+        if self.limits:
+            self.retired += await retire_idle(self.client, self.keys, self.shard, self.limits)
 
     async def trim_bound(self) -> str | None:
         """The lowest entry id some group still needs: its oldest pending entry, else the entry

@@ -1,0 +1,134 @@
+"""Series caps and idle-series retirement (LiteLLM's ``prometheus_metrics_max_series_per_metric``,
+``prometheus_metrics_ttl_seconds`` and the end-user cap/TTL, spec §3.1), enforced in Redis.
+
+A limited metric keeps an index hash per shard, ``ix:<metric key>`` (``ixe:`` for series that
+carry an end user): series -> time of its last update. The apply script admits a new series only
+while the index holds fewer than the cap; past it, a counter or histogram update goes to the
+overflow series (every label ``"other"``, as LiteLLM does) so totals stay exact, and a gauge
+update is dropped (as LiteLLM does). Housekeeping retires series idle for longer than the TTL:
+a retired counter's or histogram's value is folded into the overflow series in the same atomic
+step, so the metric's sum never goes down; a retired gauge is removed.
+
+Caps are per shard: with several shards a metric may hold up to ``shards x cap`` series.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from aggregator.engine import Engine
+from aggregator.litellm_config import SeriesLimits
+from aggregator.state import encode_series
+from producer.keys import Keys
+
+_RETIRE = resources.files("aggregator").joinpath("retire.lua").read_text()
+OVERFLOW_VALUE = "other"
+# Series looked at per HSCAN step, and retired per script call (bounded script time).
+SCAN_COUNT = 1000
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One cap/TTL applying to a group of series of a metric."""
+
+    index_kind: str  # "ix" or "ixe": the index hash's kind in Keys.metric
+    cap: int  # 0: no cap
+    ttl: float | None
+
+
+@dataclass(frozen=True)
+class MetricLimits:
+    """The limits of one metric key: ``general`` for series without an end user, ``end_user``
+    for series whose end_user label is set (only with end-user tracking on)."""
+
+    name: str
+    kind: str  # counter, histogram, gauge
+    mkey: str
+    overflow: str  # the overflow series field
+    general: Limit | None
+    end_user: Limit | None
+    end_user_index: int | None  # position of the end_user label in the series
+    histogram_parts: tuple[str, ...] = ()
+
+    def limit_for(self, series: str) -> Limit | None:
+        if self.end_user is not None and self.end_user_index is not None:
+            values = orjson.loads(series)
+            value = values[self.end_user_index]
+            if value is not None and value != "None":
+                return self.end_user
+        return self.general
+
+
+def _limit(kind: str, limits: SeriesLimits) -> Limit | None:
+    if not limits.enabled:
+        return None
+    return Limit(kind, limits.max_series or 0, limits.ttl_seconds)
+
+
+def build_limits(engine: Engine) -> dict[str, MetricLimits]:
+    """metric key -> its limits, for every enabled metric that has any."""
+    config = engine.config
+    general = _limit("ix", config.series_limits)
+    end_user = _limit("ixe", config.end_user_series_limits) if config.end_user_tracking else None
+    out: dict[str, MetricLimits] = {}
+    for mdef in config.metrics():
+        mkey = engine.metric_key(mdef.name)
+        if mkey is None:
+            continue
+        labels = engine.label_names(mdef.name)
+        eu_index = labels.index("end_user") if "end_user" in labels else None
+        eu = end_user if eu_index is not None else None
+        if general is None and eu is None:
+            continue
+        parts: tuple[str, ...] = ()
+        if mdef.kind == "histogram":
+            nb = len(engine.upper_bounds(mdef.name)) + 1
+            parts = (*(f"b{i}" for i in range(nb)), "s", "c")
+        out[mkey] = MetricLimits(
+            name=mdef.name,
+            kind=mdef.kind,
+            mkey=mkey,
+            overflow=encode_series([OVERFLOW_VALUE] * len(labels)),
+            general=general,
+            end_user=eu,
+            end_user_index=eu_index,
+            histogram_parts=parts,
+        )
+    return out
+
+
+_VALUE_KIND = {"counter": "c", "histogram": "h", "gauge": "g"}
+
+
+async def retire_idle(
+    client: aioredis.Redis, keys: Keys, shard: int, limits: dict[str, MetricLimits], now: float | None = None
+) -> int:
+    """Retire the shard's series idle for longer than their TTL; returns how many."""
+    now = time.time() if now is None else now
+    script = client.register_script(_RETIRE)
+    retired = 0
+    for ml in limits.values():
+        for limit in (ml.general, ml.end_user):
+            if limit is None or limit.ttl is None:
+                continue
+            index = keys.metric(shard, limit.index_kind, ml.mkey)
+            cutoff = now - limit.ttl
+            cursor: Any = 0
+            while True:
+                reply: Any = await client.hscan(index, cursor, count=SCAN_COUNT)
+                cursor, page = reply
+                idle = [f for f, t in page.items() if float(t) < cutoff]
+                if idle:
+                    vkind = _VALUE_KIND[ml.kind]
+                    script_keys = [index, keys.metric(shard, vkind, ml.mkey), keys.metric(shard, "gt", ml.mkey)]
+                    args = [vkind, repr(cutoff), repr(now), ml.overflow, *ml.histogram_parts, "--", *idle]
+                    retired += int(await script(keys=script_keys, args=args))
+                if int(cursor) == 0:
+                    break
+    return retired
