@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from producer.keys import validate_namespace
 from producer.settings import DEFAULT_REDIS_URL
@@ -45,6 +45,21 @@ class AggregatorSettings(BaseModel):
     dead_consumer_idle: float = Field(3600.0, gt=0)
     housekeeping_interval: float = Field(10.0, gt=0)
     max_entry_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # /metrics, /healthz, /readyz.
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(9464, ge=0, le=65535)
+    # Credentials for /metrics: a bearer token and/or basic auth. Without any, /metrics refuses
+    # to start unless metrics_allow_unauthenticated is set (then a warning is logged).
+    metrics_bearer_token: SecretStr | None = None
+    metrics_basic_auth_username: str | None = None
+    metrics_basic_auth_password: SecretStr | None = None
+    metrics_allow_unauthenticated: bool = False
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # A rendered exposition is reused for at most this long (keep it below the scrape interval).
+    render_cache_seconds: float = Field(2.0, ge=0, le=60)
+    # Leadership of the business series: lease time to live (renewed every third of it).
+    leader_lease_seconds: float = Field(15.0, ge=1, le=600)
 
     @field_validator("namespace")
     @classmethod
@@ -57,6 +72,14 @@ class AggregatorSettings(BaseModel):
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{v!r} is not a redis://, rediss:// or unix:// URL")
         return v
+
+    @model_validator(mode="after")
+    def _auth_and_tls(self) -> AggregatorSettings:
+        if (self.metrics_basic_auth_username is None) != (self.metrics_basic_auth_password is None):
+            raise ValueError("metrics_basic_auth_username and metrics_basic_auth_password must be set together")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
 
     @model_validator(mode="after")
     def _block_below_timeout(self) -> AggregatorSettings:
