@@ -60,6 +60,67 @@ class AggregatorSettings(BaseModel):
     render_cache_seconds: float = Field(2.0, ge=0, le=60)
     # Leadership of the business series: lease time to live (renewed every third of it).
     leader_lease_seconds: float = Field(15.0, ge=1, le=600)
+    # Budget refresh jobs.
+    # Where the budget gauges are refreshed from: "database" (LiteLLM's PostgreSQL, read-only),
+    # "api" (the proxy's management API with the master key), "none", or "auto": "database" when
+    # a database URL is set, else "api" when an API base and master key are set, else "none".
+    budget_source: str = "auto"
+    # LiteLLM's database; LSM_DATABASE_URL, else LiteLLM's own DATABASE_URL variable.
+    database_url: SecretStr | None = None
+    # Seconds between refreshes; default PROMETHEUS_BUDGET_METRICS_REFRESH_INTERVAL_MINUTES x 60
+    # (LiteLLM's variable), else 300. Jitter: at most this many seconds early or late (default:
+    # a tenth of the interval, at most 30 s) so that pods do not all wake at once.
+    budget_refresh_interval_seconds: float = Field(300.0, ge=0.1, le=7 * 86400)
+    budget_jitter_seconds: float | None = Field(None, ge=0)
+    # The refresh lease: time to live (renewed every third of it while a refresh runs).
+    budget_lease_seconds: float = Field(60.0, ge=0.5, le=3600)
+    # Rows per page (database) or per request (API: at most 100, LiteLLM's limit).
+    budget_page_size: int = Field(1000, ge=1, le=100_000)
+    # Per-query (database statement timeout) or per-request time limit, and connect timeout.
+    budget_source_timeout: float = Field(60.0, gt=0)
+    budget_connect_timeout: float = Field(10.0, gt=0)
+    # Removal records of deleted series are kept this long (they stop older writes from bringing
+    # a deleted key back), then forgotten.
+    budget_tombstone_seconds: float = Field(86400.0, ge=0)
+    # The "api" source: the proxy's base URL and its master key.
+    litellm_api_base: str | None = None
+    litellm_master_key: SecretStr | None = None
+
+    @field_validator("budget_source")
+    @classmethod
+    def _budget_source(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in ("auto", "none", "database", "api"):
+            raise ValueError(f"{v!r} is not one of auto, none, database, api")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// (or postgres://) URL, as LiteLLM's DATABASE_URL")
+        return v
+
+    @model_validator(mode="after")
+    def _budget_source_complete(self) -> AggregatorSettings:
+        if self.budget_source == "database" and self.database_url is None:
+            raise ValueError("budget_source 'database' needs database_url (LSM_DATABASE_URL or DATABASE_URL)")
+        if self.budget_source == "api" and (self.litellm_api_base is None or self.litellm_master_key is None):
+            raise ValueError("budget_source 'api' needs litellm_api_base and litellm_master_key")
+        if self.litellm_api_base is not None and not self.litellm_api_base.startswith(("http://", "https://")):
+            raise ValueError(f"litellm_api_base {self.litellm_api_base!r} is not an http:// or https:// URL")
+        return self
+
+    @property
+    def effective_budget_source(self) -> str:
+        """``budget_source`` with "auto" resolved."""
+        if self.budget_source != "auto":
+            return self.budget_source
+        if self.database_url is not None:
+            return "database"
+        if self.litellm_api_base is not None and self.litellm_master_key is not None:
+            return "api"
+        return "none"
 
     @field_validator("namespace")
     @classmethod
@@ -110,6 +171,16 @@ class AggregatorSettings(BaseModel):
             raw = env.get("LSM_" + name.upper(), "").strip()
             if not raw and name == "redis_url":
                 raw = env.get("REDIS_URL", "").strip()
+            if not raw and name not in values and name == "database_url":
+                raw = env.get("DATABASE_URL", "").strip()  # LiteLLM's own variable
+            if not raw and name not in values and name == "budget_refresh_interval_seconds":
+                minutes = env.get("PROMETHEUS_BUDGET_METRICS_REFRESH_INTERVAL_MINUTES", "").strip()
+                try:
+                    raw = str(float(minutes) * 60) if minutes else ""
+                except ValueError:
+                    raise AggregatorConfigError(
+                        f"PROMETHEUS_BUDGET_METRICS_REFRESH_INTERVAL_MINUTES: {minutes!r} is not a number"
+                    ) from None
             if raw:
                 values[name] = raw
         try:

@@ -91,3 +91,18 @@ class Keys:
     def schemas(self, shard: int) -> str:
         """Hash metric key -> JSON label names of the series stored under it."""
         return self._shard_key(shard, "schemas")
+
+    # -- leases and the budget refresh job: on shard 0's hash tag, so a fenced script can check
+    # the lease together with shard 0's metric state in one Redis Cluster slot ---------------
+
+    def lease(self, name: str) -> str:
+        """The lease (leadership) key ``name``; its fencing epoch counter is ``<key>:epoch``."""
+        return self._shard_key(0, f"lease:{name}")
+
+    def budget_status(self) -> str:
+        """Hash of the budget refresh job's progress: last run, last success per entity kind."""
+        return self._shard_key(0, "budget:status")
+
+    def budget_writes(self) -> str:
+        """Stream (bounded) of the budget refresh job's accepted writes: epoch, owner, kind."""
+        return self._shard_key(0, "budget:writes")
