@@ -1,8 +1,10 @@
-"""Read the durable metric state back from Redis as samples.
+"""Read the durable metric state back from Redis as decoded samples (tests, quick start, debugging).
 
-Shards are merged: counters and histograms add up, a gauge takes the value written with the
-newest event time. The "hours until budget reset" gauges are stored as the reset time and
-turned into hours from ``now`` here, so they are always current.
+The same read and the same shard merge as ``/metrics`` (:mod:`aggregator.exposition`): counters
+and histograms add up, a gauge series takes the write *or removal* with the newest event time over
+all shards. The "hours until budget reset" gauges are stored as the reset time and turned into
+hours from ``now`` here, so they are always current. Unlike the exposition, only stored series
+appear (no implicit zero series for label-less metrics).
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 import redis
 
 from aggregator.catalog import MetricDef
 from aggregator.engine import RESET_TIME_GAUGES, Engine
-from aggregator.state import SEP, decode_series
+from aggregator.exposition import histogram_groups, merged_counters, merged_gauges, read_state
+from aggregator.state import decode_series
+from aggregator.textformat import go_float
 from producer.keys import Keys
 
 
@@ -53,67 +56,35 @@ class Family:
                 cumulative = 0.0
                 for bound, n in zip(bounds, buckets, strict=True):
                     cumulative += n
-                    out.append((f"{fam}_bucket", {**labels, "le": _le(bound)}, cumulative))
+                    out.append((f"{fam}_bucket", {**labels, "le": go_float(bound)}, cumulative))
                 out.append((f"{fam}_count", labels, count))
                 out.append((f"{fam}_sum", labels, total))
         return out
 
 
-def _le(bound: float) -> str:
-    """prometheus_client's ``floatToGoString``."""
-    if bound == math.inf:
-        return "+Inf"
-    text = repr(float(bound))
-    return text
-
-
 def read_families(client: redis.Redis, keys: Keys, engine: Engine) -> dict[str, Family]:
     """Every enabled metric's series, merged over all shards."""
     families: dict[str, Family] = {}
-    for mdef in engine.config.metrics():
-        mkey = engine.metric_key(mdef.name)
-        if mkey is None:
-            continue
-        fam = Family(mdef, engine.label_names(mdef.name), engine.upper_bounds(mdef.name))
-        families[mdef.name] = fam
-        for shard in range(keys.shards):
-            if mdef.kind == "counter":
-                for f, v in client.hgetall(keys.metric(shard, "c", mkey)).items():
-                    s = tuple(_values(f))
-                    fam.counters[s] = fam.counters.get(s, 0.0) + float(v)
-            elif mdef.kind == "gauge":
-                values = client.hgetall(keys.metric(shard, "g", mkey))
-                times = client.hgetall(keys.metric(shard, "gt", mkey))
-                for f, v in values.items():
-                    s = tuple(_values(f))
-                    t = float(times.get(f, b"0"))
-                    cur = fam.gauges.get(s)
-                    if cur is None or t >= cur[1]:
-                        fam.gauges[s] = (float(v), t)
-            else:
-                _read_histogram(fam, client.hgetall(keys.metric(shard, "h", mkey)))
+    for ms in read_state(client, keys, engine, with_times=True).metrics:
+        mdef = ms.mdef
+        fam = families[mdef.name] = Family(mdef, ms.label_names, ms.upper_bounds)
+        if mdef.kind == "counter":
+            for f, v in merged_counters(ms).items():
+                fam.counters[_values(f)] = float(v)
+        elif mdef.kind == "gauge":
+            for f, (raw, t) in merged_gauges(ms).items():
+                fam.gauges[_values(f)] = (float(raw), t)
+        else:
+            nb = len(ms.upper_bounds) + 1
+            for series, g in histogram_groups(ms).items():
+                buckets = g[:nb]
+                # The count is the +Inf bucket, as prometheus_client exports it.
+                fam.histograms[_values(series)] = (buckets, g[nb], float(sum(buckets)))
     return families
 
 
-def _values(field_name: bytes | str) -> list[str]:
-    return [("None" if v is None else str(v)) for v in decode_series(field_name)]
-
-
-def _read_histogram(fam: Family, raw: dict[Any, Any]) -> None:
-    nb = len(fam.upper_bounds) + 1
-    for f, v in raw.items():
-        series_raw, _, part = f.decode().rpartition(SEP)
-        s = tuple(_values(series_raw.encode()))
-        buckets, total, count = fam.histograms.get(s, ([0.0] * nb, 0.0, 0.0))
-        if part == "s":
-            total += float(v)
-        elif part == "c":
-            count += float(v)
-        elif part.startswith("b"):
-            i = int(part[1:])
-            if 0 <= i < nb:
-                buckets[i] += float(v)
-        fam.histograms[s] = (buckets, total, count)
+def _values(field_name: bytes | str) -> tuple[str, ...]:
+    return tuple(("None" if v is None else str(v)) for v in decode_series(field_name))
 
 
 def samples(families: Iterable[Family], now: float | None = None) -> list[tuple[str, dict[str, str], float]]:
