@@ -11,10 +11,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from aggregator.budgets import BudgetJobs
 from aggregator.consumer import ShardConsumer
 from aggregator.engine import Engine
+from aggregator.exporter import Exporter
+from aggregator.http_server import MetricsServer
+from aggregator.leadership import Leadership
 from aggregator.litellm_config import MetricsConfig
+from aggregator.series_limits import build_limits
 from aggregator.settings import AggregatorSettings
+from producer.keys import Keys
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
@@ -38,9 +44,12 @@ def load_metrics_config(settings: AggregatorSettings) -> MetricsConfig:
 
 
 class Aggregator:
-    """Runs the shard consumers until ``stop`` is set."""
+    """Runs the shard consumers, the exporter lease and (with ``serve_http``) the HTTP endpoints
+    until ``stop`` is set."""
 
-    def __init__(self, settings: AggregatorSettings, config: MetricsConfig | None = None) -> None:
+    def __init__(
+        self, settings: AggregatorSettings, config: MetricsConfig | None = None, serve_http: bool = False
+    ) -> None:
         self.settings = settings
         self.config = config or load_metrics_config(settings)
         self.engine = Engine(self.config)
@@ -54,7 +63,17 @@ class Aggregator:
             ShardConsumer(self.client, settings, shard, self.engine.build_delta, schemas)
             for shard in range(settings.shards)
         ]
+        limits = build_limits(self.engine)
+        for c in self.consumers:
+            c.applier.limits = limits
+            c.housekeeper.limits = limits
         self.stop = asyncio.Event()
+        keys = Keys(settings.namespace, settings.shards)
+        self.leadership = Leadership(self.client, keys, settings.consumer_name, settings.leader_lease_seconds)
+        self.exporter = Exporter(settings, self.engine, self.consumers, self.leadership)
+        self.budgets = BudgetJobs(settings, self.engine, self.exporter.registry)
+        # Bound now, so a taken port or missing credentials fail at start, not later.
+        self.server = MetricsServer(settings, self.exporter) if serve_http else None
 
     async def run(self) -> None:
         log.info(
@@ -65,9 +84,20 @@ class Aggregator:
             self.settings.group,
             _safe_url(self.settings.redis_url),
         )
+        if self.server is not None:
+            address = self.server.start()
+            log.info("metrics: %s", address.metrics_url)
+        leadership = asyncio.create_task(self.leadership.run(self.stop))
         try:
+            await self.budgets.start()
             await asyncio.gather(*(c.run(self.stop) for c in self.consumers))
         finally:
+            self.stop.set()
+            await self.budgets.stop()
+            await leadership
+            if self.server is not None:
+                self.server.close()
+            self.exporter.close()
             await self.client.aclose()
         log.info("aggregator %s stopped", self.settings.consumer_name)
 
@@ -89,7 +119,7 @@ def _safe_url(url: str) -> str:
 
 
 async def run_aggregator(settings: AggregatorSettings, config: MetricsConfig | None = None) -> None:
-    agg = Aggregator(settings, config)
+    agg = Aggregator(settings, config, serve_http=True)
     agg.install_signal_handlers(asyncio.get_running_loop())
     await agg.run()
 

@@ -77,6 +77,7 @@ def _accepts_gzip(header: str | None) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may stay silent (slow or stuck clients)
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -149,7 +150,9 @@ class MetricsServer:
                 f"cannot listen on {settings.http_host}:{settings.http_port} (LSM_HTTP_HOST/LSM_HTTP_PORT): {exc}"
             ) from exc
         if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            # The handshake happens in the request's own thread (on first read), so a client that
+            # never completes it cannot hold up the accept loop.
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True, do_handshake_on_connect=False)
         host, port = self._server.server_address[:2]
         self.address = ServerAddress(str(host), int(port), "https" if tls else "http")
         self._thread = threading.Thread(target=self._server.serve_forever, name="lsm-http", daemon=True)
@@ -160,9 +163,10 @@ class MetricsServer:
         return self.address
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: only when it runs
+            self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 class RenderCache:

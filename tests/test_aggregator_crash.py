@@ -69,6 +69,8 @@ AGGREGATOR_ENV = {
     "LSM_SOCKET_TIMEOUT": "3",
     "LSM_CONNECT_TIMEOUT": "0.5",
     "LSM_LOG_LEVEL": "INFO",
+    "LSM_HTTP_PORT": "0",
+    "LSM_METRICS_BEARER_TOKEN": "test-token",
 }
 
 

@@ -49,6 +49,8 @@ def start(redis_url: str, namespace: str, name: str, **extra: str) -> subprocess
         "LSM_CONSUMER_NAME": name,
         "LSM_READ_COUNT": "5",
         "LSM_BLOCK_SECONDS": "0.2",
+        "LSM_HTTP_PORT": "0",
+        "LSM_METRICS_BEARER_TOKEN": "test-token",
         **extra,
     }
     return subprocess.Popen([sys.executable, "-m", "aggregator", "run"], env=env, stderr=subprocess.PIPE)

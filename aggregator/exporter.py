@@ -1,0 +1,89 @@
+"""What ``/metrics`` returns: the business series (only while this process leads), the shared
+health (leader only too) and this process's own self-metrics (always)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import redis
+from prometheus_client import CollectorRegistry
+
+from aggregator.consumer import ShardConsumer
+from aggregator.engine import Engine
+from aggregator.exposition import Exposition, assemble, choose_format, render_registry
+from aggregator.http_server import RenderCache
+from aggregator.leadership import Leadership
+from aggregator.selfexport import ProcessCollector, RenderStats, SharedCollector
+from aggregator.settings import AggregatorSettings
+from producer.keys import Keys
+
+
+class Exporter:
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        engine: Engine,
+        consumers: Sequence[ShardConsumer],
+        leadership: Leadership,
+    ) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace, settings.shards)
+        # Its own synchronous client: the HTTP threads never touch the event loop's client.
+        self.client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.connect_timeout
+        )
+        self.exposition = Exposition(self.client, self.keys, engine)
+        self.leadership = leadership
+        self.consumers = consumers
+        self.render_stats = RenderStats()
+        #: This process's own self-metrics; other components (budget jobs) register here too.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ProcessCollector(consumers, leadership, self.render_stats))
+        self.shared_registry = CollectorRegistry(auto_describe=False)
+        self.shared_registry.register(SharedCollector(self.client, self.keys, settings.group))
+        self.cache = RenderCache(settings.render_cache_seconds)
+
+    def render(self, accept: str | None, names: frozenset[str] | None) -> tuple[bytes, str]:
+        fmt, content_type = choose_format(accept)
+        parts: list[bytes] = []
+        epoch = self.leadership.epoch if self.leadership.is_leader() else None
+        if epoch is not None:
+            hits = self.cache.hits
+            body = self.cache.get_or_render((fmt, names, epoch), lambda: self._render_leader(fmt, names))
+            self.render_stats.cache_hits += self.cache.hits - hits
+            # Leadership may have ended while rendering: then the business series are not ours
+            # to export any more (another process may already export them).
+            if self.leadership.is_leader() and self.leadership.epoch == epoch:
+                parts.append(body)
+        parts.append(render_registry(self.registry, fmt, names))
+        return assemble(fmt, *parts), content_type
+
+    def _render_leader(self, fmt: str, names: frozenset[str] | None) -> bytes:
+        started = time.perf_counter()
+        body = self.exposition.render(fmt, names) + render_registry(self.shared_registry, fmt, names)  # type: ignore[arg-type]
+        x = self.exposition
+        self.render_stats.record(fmt, time.perf_counter() - started, len(body), x.series_counts, x.skipped)
+        return body
+
+    def readiness(self) -> tuple[bool, str]:
+        try:
+            self.client.ping()
+            for c in self.consumers:
+                groups = self.client.xinfo_groups(c.stream)
+                if not any(_text(g["name"]) == self.settings.group for g in groups):
+                    return False, f"consumer group {self.settings.group} missing on {c.stream}"
+        except redis.RedisError as exc:
+            return False, f"Redis unreachable: {type(exc).__name__}: {exc}"
+        not_started = [str(c.shard) for c in self.consumers if not c.ready]
+        if not_started:
+            return False, f"shard consumer(s) {', '.join(not_started)} not started yet"
+        role = "exporting the business series" if self.leadership.is_leader() else "standby exporter"
+        return True, f"ready ({role})"
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
