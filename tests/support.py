@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 
 from producer.keys import Keys
@@ -160,3 +163,14 @@ class ReplyLosingProxy:
         for s in self.sockets:
             with contextlib.suppress(OSError):
                 s.close()
+
+
+def prometheus_tool(name: str) -> str:
+    """Path of ``prometheus`` or ``promtool`` (Debian package ``prometheus``). Without it the test
+    is skipped, except in CI (``LSM_REQUIRE_PROMETHEUS=1``), where it fails."""
+    found = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    if found is None:
+        if os.environ.get("LSM_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail(f"{name} is required (LSM_REQUIRE_PROMETHEUS=1) but is not installed")
+        pytest.skip(f"{name} is not installed (Debian package 'prometheus')")
+    return found
