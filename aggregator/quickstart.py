@@ -13,17 +13,21 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import redis
 
 from aggregator.daemon import Aggregator
 from aggregator.local_server import default_redis
 from aggregator.selfmetrics import producer_health, shard_health
-from aggregator.settings import AggregatorSettings
+from aggregator.settings import AggregatorConfigError, AggregatorSettings
 from aggregator.snapshot import read_families
 from producer.keys import Keys
 
@@ -60,12 +64,42 @@ def _progress(client: redis.Redis, agg: Aggregator) -> str:
     )
 
 
+def _scrape(agg: Aggregator) -> str:
+    """One scrape of our own /metrics, as Prometheus would do it."""
+    assert agg.server is not None
+    url = agg.server.address.metrics_url
+    token = agg.settings.metrics_bearer_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    context = ssl._create_unverified_context() if url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10, context=context) as r:
+            body = r.read()
+    except (OSError, urllib.error.HTTPError) as exc:
+        return f"GET {url}: {exc}"
+    lines = [ln for ln in body.splitlines() if ln and not ln.startswith(b"#")]
+    business = sum(1 for ln in lines if ln.startswith(b"litellm_"))
+    return f"GET {url}: {len(body):,} bytes, {business:,} litellm_* samples, {len(lines) - business:,} lsm_* samples"
+
+
 async def main_async(rate: float, seconds: float | None, interval: float) -> int:
     url, server = default_redis(say)
     namespace = os.environ.get("LSM_NAMESPACE", "lsm-quickstart")
     env = {**os.environ, "LSM_REDIS_URL": url, "LSM_NAMESPACE": namespace, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    # Credentials for /metrics: the user's, else a fresh random token for this run.
+    has_credentials = env.get("LSM_METRICS_BEARER_TOKEN") or env.get("LSM_METRICS_BASIC_AUTH_USERNAME")
+    if not has_credentials and env.get("LSM_METRICS_ALLOW_UNAUTHENTICATED", "").lower() not in ("1", "true", "yes"):
+        env["LSM_METRICS_BEARER_TOKEN"] = secrets.token_urlsafe(24)
+    env.setdefault("LSM_HTTP_HOST", "127.0.0.1")
     settings = AggregatorSettings.load(env)
-    agg = Aggregator(settings)
+    try:
+        agg = Aggregator(settings, serve_http=True)
+    except AggregatorConfigError as exc:
+        if "cannot listen" not in str(exc) or "LSM_HTTP_PORT" in os.environ:
+            raise
+        say(f"port {settings.http_port} is taken; serving /metrics on a free port instead")
+        settings = settings.model_copy(update={"http_port": 0})
+        agg = Aggregator(settings, serve_http=True)
+    assert agg.server is not None
     client = redis.Redis.from_url(url)
     say(f"namespace {namespace}; starting the aggregator and the traffic generator ({rate:g} calls/s)")
     agg_task = asyncio.create_task(agg.run())
@@ -75,8 +109,15 @@ async def main_async(rate: float, seconds: float | None, interval: float) -> int
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    say("Ctrl-C stops everything cleanly. /metrics is not served yet (coming with the exposition work);")
-    say(f"the durable totals live in Redis under {namespace}:*")
+    metrics_url = agg.server.address.metrics_url
+    say(f"/metrics: {metrics_url}  (also /healthz and /readyz)")
+    token = settings.metrics_bearer_token
+    if token is not None:
+        say(f"credentials: bearer token {token.get_secret_value()}")
+        say(f"  try: curl -s -H 'Authorization: Bearer {token.get_secret_value()}' {metrics_url} | grep ^litellm_")
+    elif settings.metrics_basic_auth_username is not None:
+        say(f"credentials: basic auth user {settings.metrics_basic_auth_username} (password from your environment)")
+    say(f"the durable totals live in Redis under {namespace}:*; Ctrl-C stops everything cleanly")
     started = time.monotonic()
     code = 0
     try:
@@ -105,9 +146,10 @@ async def main_async(rate: float, seconds: float | None, interval: float) -> int
             if all(p.events_applied >= p.events_sent for p in health):
                 break
             await asyncio.sleep(0.5)
+        say("final: " + await asyncio.to_thread(_progress, client, agg))
+        say(await asyncio.to_thread(_scrape, agg))
         agg.stop.set()
         await agg_task
-        say("final: " + await asyncio.to_thread(_progress, client, agg))
         client.close()
         if server is not None:
             server.close()
