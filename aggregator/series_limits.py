@@ -17,15 +17,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from aggregator.engine import Engine
 from aggregator.litellm_config import SeriesLimits
 from aggregator.state import encode_series
 from producer.keys import Keys
+
+if TYPE_CHECKING:  # the engine imports the apply module, which imports this one
+    from aggregator.engine import Engine
 
 _RETIRE = resources.files("aggregator").joinpath("retire.lua").read_text()
 OVERFLOW_VALUE = "other"
