@@ -10,6 +10,7 @@ import datetime
 import gzip
 import ipaddress
 import logging
+import signal
 import ssl
 import time
 import urllib.error
@@ -313,3 +314,33 @@ async def test_redis_errors_are_errors_not_another_leader(private_server: LocalS
     finally:
         private_server.resume()
     await client.aclose()
+
+
+def test_a_frozen_leader_is_replaced_within_the_lease_and_exports_nothing_when_resumed(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    from tests.test_prometheus_scrape import LEASE, TOKEN, Pods, get, leader_name
+
+    produce(redis_url, namespace, 20)
+    pods = Pods(redis_url, namespace, tmp_path, n=2)
+    try:
+        deadline = time.monotonic() + 30
+        while (first := leader_name(pods)) is None:
+            assert time.monotonic() < deadline, pods.logs()
+            time.sleep(0.1)
+        frozen = pods.procs[first]
+        port = pods.ports[list(pods.procs).index(first)]
+        frozen.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            while (second := leader_name(pods)) in (None, first):
+                assert time.monotonic() - stopped < LEASE + LEASE / 3 + 2, "no takeover within the lease"
+                time.sleep(0.1)
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        # Resumed, the former leader's own clock tells it the lease is gone: no business series.
+        status, body = get(f"http://127.0.0.1:{port}/metrics", TOKEN, timeout=10)
+        assert status == 200 and b"\nlitellm_" not in body and b"\nlsm_leader 0.0" in body
+        assert leader_name(pods) == second
+    finally:
+        pods.stop()
