@@ -12,6 +12,7 @@
 --       {"i": [key index, field, amount, ...],                        -- HINCRBYFLOAT
 --        "g": [value key index, time key index, field, t, value or "" to remove, ...],
 --        "s": [stats field, increment, ...],                          -- e.g. rejected events
+--        "r": 1 to record every gauge removal (several shards), else 0,
 --        "p": [[index key index, cap or 0, overflow series, metric name], ...],   -- series limits
 --        "x": [[policy, "c", key index, field, amount],                -- updates of limited series
 --              [policy, "h", key index, series, part, amount, ...],
@@ -79,15 +80,19 @@ local incs, gauges = delta["i"], delta["g"]
 for k = 1, #incs, 3 do
   redis.call("HINCRBYFLOAT", KEYS[mbase + incs[k]], incs[k + 1], incs[k + 2])
 end
+-- With several shards a series may hold its value in another shard: a removal must then be
+-- recorded even where there is nothing to delete, so that readers let it hide older values.
+local record_every_removal = delta["r"] == 1
 local function set_gauge(vkey, tkey, field, t, value)
   local current = redis.call("HGET", tkey, field)
   if current == false or tonumber(t) >= tonumber(current) then
     if value ~= "" then
       redis.call("HSET", vkey, field, value)
       redis.call("HSET", tkey, field, t)
-    elseif redis.call("HDEL", vkey, field) == 1 then
+    elseif redis.call("HDEL", vkey, field) == 1 or record_every_removal then
       -- Removing a series that exists leaves its removal time, so an older write cannot bring
-      -- it back; removing one that never existed writes nothing (no state per caller).
+      -- it back; with one shard, removing one that never existed writes nothing (no state per
+      -- caller). Housekeeping forgets removal records after gauge_removal_memory_seconds.
       redis.call("HSET", tkey, field, t)
     end
   end

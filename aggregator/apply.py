@@ -193,7 +193,9 @@ class ShardApplier:
         for name, n in delta.stats.items():
             counts += [name, n]
         # cjson decodes an empty array as an (equally empty) object: both iterate as nothing.
-        args.append(orjson.dumps({"i": incs, "g": gauges, "s": counts, "p": policies, "x": capped}).decode())
+        record_removals = 1 if k.shards > 1 else 0
+        document = {"i": incs, "g": gauges, "s": counts, "p": policies, "x": capped, "r": record_removals}
+        args.append(orjson.dumps(document).decode())
         keys += list(mkeys)
         return keys, args
 

@@ -64,9 +64,11 @@ class Aggregator:
             for shard in range(settings.shards)
         ]
         limits = build_limits(self.engine)
+        gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := self.engine.metric_key(m.name))]
         for c in self.consumers:
             c.applier.limits = limits
             c.housekeeper.limits = limits
+            c.housekeeper.gauge_keys = gauge_keys
         self.stop = asyncio.Event()
         keys = Keys(settings.namespace, settings.shards)
         self.leadership = Leadership(self.client, keys, settings.consumer_name, settings.leader_lease_seconds)

@@ -4,6 +4,7 @@ and detect entries that were removed from the stream before being applied."""
 from __future__ import annotations
 
 import logging
+import time
 from importlib import resources
 from typing import Any
 
@@ -16,6 +17,9 @@ from producer.keys import Keys
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
 _GAPS = resources.files("aggregator").joinpath("gaps.lua").read_text()
+_FORGET = resources.files("aggregator").joinpath("forget_removals.lua").read_text()
+# Removal records are looked through at most this often (a scan of every gauge's time hash).
+FORGET_INTERVAL = 3600.0
 
 
 def _text(value: object) -> str:
@@ -41,6 +45,11 @@ class Housekeeper:
         self.retired = 0
         #: Series caps/TTLs (series_limits.py); set by the daemon, empty: none.
         self.limits: dict[str, MetricLimits] = {}
+        #: Metric keys of the gauges, whose old removal records are forgotten; set by the daemon.
+        self.gauge_keys: list[str] = []
+        self.removals_forgotten = 0
+        self._forget = client.register_script(_FORGET)
+        self._next_forget = 0.0
 
     async def run_once(self) -> None:
         await self.trim()
@@ -48,6 +57,27 @@ class Housekeeper:
         await self.detect_lost()
         if self.limits:
             self.retired += await retire_idle(self.client, self.keys, self.shard, self.limits)
+        if self.gauge_keys and time.monotonic() >= self._next_forget:
+            self._next_forget = time.monotonic() + FORGET_INTERVAL
+            await self.forget_old_removals(time.time() - self.settings.gauge_removal_memory_seconds)
+
+    async def forget_old_removals(self, cutoff: float) -> int:
+        """Drop gauge removal records older than ``cutoff``: they only stop writes older than
+        themselves from bringing a removed series back, and would otherwise pile up."""
+        forgotten = 0
+        for mkey in self.gauge_keys:
+            gkey, tkey = self.keys.metric(self.shard, "g", mkey), self.keys.metric(self.shard, "gt", mkey)
+            cursor: Any = 0
+            while True:
+                reply: Any = await self.client.hscan(tkey, cursor, count=1000)
+                cursor, page = reply
+                old = [f for f, t in page.items() if float(t) < cutoff]
+                if old:
+                    forgotten += int(await self._forget(keys=[gkey, tkey], args=[repr(cutoff), *old]))
+                if int(cursor) == 0:
+                    break
+        self.removals_forgotten += forgotten
+        return forgotten
 
     async def trim_bound(self) -> str | None:
         """The lowest entry id some group still needs: its oldest pending entry, else the entry

@@ -45,6 +45,9 @@ class AggregatorSettings(BaseModel):
     dead_consumer_idle: float = Field(3600.0, gt=0)
     housekeeping_interval: float = Field(10.0, gt=0)
     max_entry_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # A gauge's removal record (which stops older writes from bringing the series back) is kept
+    # this long, then forgotten.
+    gauge_removal_memory_seconds: float = Field(86400.0, gt=0)
     # /metrics, /healthz, /readyz.
     http_host: str = "0.0.0.0"
     http_port: int = Field(9464, ge=0, le=65535)
