@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from psycopg.types.json import Jsonb
 from aggregator.engine import Engine
 from aggregator.state import decode_series
 from producer.keys import Keys
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -332,11 +332,4 @@ def dump(obj: Any) -> str:
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, interval, what)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -37,13 +36,6 @@ def totals(client: redis.Redis, keys: Keys) -> dict[str, float]:
 def xadd(client: redis.Redis, keys: Keys, producer: str, seq: int, ns: Sequence[int]) -> str:
     fields = encode_entry(producer, seq, [encode_event({"kind": "x", "t": 0, "n": n}) for n in ns], time.time())
     return client.xadd(keys.stream(0), fields).decode()  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def aclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
 
 
 def settings(redis_url: str, namespace: str, consumer: str = "c1", **kw: object) -> AggregatorSettings:

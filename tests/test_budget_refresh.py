@@ -64,13 +64,6 @@ def db(litellm_db: str) -> Iterator[LiteLLMDb]:
     d.close()
 
 
-@pytest.fixture
-async def aclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
-
-
 def make_settings(redis_url: str, namespace: str, database_url: str, **kw: Any) -> AggregatorSettings:
     base: dict[str, Any] = {
         "redis_url": redis_url,

@@ -5,10 +5,8 @@ forgotten after ``gauge_removal_memory_seconds``. Real apply script, real Redis,
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,13 +23,6 @@ from producer.wire import decode_entry, encode_entry, encode_event
 
 GROUP = "aggregators"
 GAUGE = "litellm_deployment_state"
-
-
-@pytest.fixture
-async def aclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
 
 
 class Shards:

@@ -13,13 +13,6 @@ from aggregator.local_server import LocalServer
 from producer.keys import Keys
 
 
-@pytest.fixture
-async def aclient(redis_url: str):  # type: ignore[no-untyped-def]
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def lease_key(namespace: str) -> str:
     return Keys(namespace).lease("test")
 

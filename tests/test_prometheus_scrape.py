@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import prometheus_tool
+from tests.support import prometheus_tool, wait_for
 from tests.test_aggregator_crash import cost_of, tokens_of
 
 pytestmark = [pytest.mark.slow]
@@ -169,14 +169,6 @@ def prometheus_binary() -> str:
     return prometheus_tool("prometheus")
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
-
-
 def leader_name(pods: Pods) -> str | None:
     """The pod whose own /metrics says it exports the business series."""
     for (name, proc), port in zip(pods.procs.items(), pods.ports, strict=True):
@@ -210,7 +202,7 @@ def test_prometheus_sum_exact_and_no_counter_resets_across_a_leader_kill(
     pods_and_prometheus: tuple[Pods, Prometheus], redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
     pods, prom = pods_and_prometheus
-    wait_until(lambda: leader_name(pods) is not None, 30, "a leader")
+    wait_for(lambda: leader_name(pods) is not None, 30, 0.25, "a leader")
     out = tmp_path / "produced.json"
     producer = subprocess.Popen(
         [
@@ -238,7 +230,7 @@ def test_prometheus_sum_exact_and_no_counter_resets_across_a_leader_kill(
     produced = json.loads(out.read_text())
     assert sum(produced["dropped"].values()) == 0 and produced["sent"] == EVENTS, produced
 
-    wait_until(lambda: leader_name(pods) not in (None, first), 30, "a new leader")
+    wait_for(lambda: leader_name(pods) not in (None, first), 30, 0.25, "a new leader")
     expected_spend = sum(cost_of(i) for i in range(EVENTS))
     expected_tokens = sum(sum(tokens_of(i)) for i in range(EVENTS))
 
@@ -249,7 +241,7 @@ def test_prometheus_sum_exact_and_no_counter_resets_across_a_leader_kill(
             return False
 
     try:
-        wait_until(settled, 60, "Prometheus to see every event")
+        wait_for(settled, 60, 0.25, "Prometheus to see every event")
         time.sleep(3)  # a few more scrapes after the totals settled
         assert prom.scalar("sum(litellm_requests_metric_total)") == EVENTS
         assert prom.scalar("sum(litellm_spend_metric_total)") == pytest.approx(expected_spend, rel=1e-12)

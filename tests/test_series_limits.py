@@ -4,10 +4,9 @@ the real apply script against real Redis: totals stay exact whatever is capped o
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -23,13 +22,6 @@ GROUP = "aggregators"
 COUNTER = "litellm_requests_metric"
 HISTOGRAM = "litellm_request_total_latency_metric"
 GAUGE = "litellm_remaining_team_budget_metric"
-
-
-@pytest.fixture
-async def aclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
 
 
 def engine_with(**settings: Any) -> Engine:
