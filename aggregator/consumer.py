@@ -4,12 +4,17 @@ Order of work: first this consumer's own pending entries (left by a previous run
 same name), then new entries with a blocking read that is shorter than the socket timeout.
 Every ``claim_interval`` entries pending at other consumers for longer than ``claim_min_idle``
 are claimed (XAUTOCLAIM); an entry delivered more than ``max_deliveries`` times is
-dead-lettered instead of applied. While a batch is being applied its entries' idle time is kept
-low, so a live consumer that is merely slow keeps its batch. Housekeeping (trimming processed
-entries, removing dead consumers, detecting lost entries) runs every ``housekeeping_interval``.
+dead-lettered instead of applied. From the moment a batch is read until it is applied its
+entries' idle time is kept low, so a live consumer that is merely slow keeps its batch.
+Housekeeping (trimming processed entries, removing dead consumers, detecting lost entries) runs
+every ``housekeeping_interval``.
+
+New entries are processed two batches at a time: the next batch is read (without blocking)
+before the current one is applied, and decoded and turned into a delta in a worker thread while
+Redis runs the current batch's apply script. Batches are still applied one after the other.
 
 A batch is either applied and acknowledged in one atomic script or not at all; stopping
-(SIGTERM) lets the batch in hand finish and leaves the rest pending for the next run.
+(SIGTERM) lets the batches in hand finish and leaves the rest pending for the next run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from aggregator.apply import ApplyResult, DeadEntry, PendingEntry, ShardApplier
+from aggregator.engine import paused_gc
 from aggregator.housekeeping import Housekeeper
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
@@ -116,6 +122,9 @@ class ShardConsumer:
         next_housekeeping = time.monotonic()
         backoff = 0.1
         started = False
+        # Batches overlap: the next batch is read before the current one is applied, and decoded
+        # and built (in a worker thread) while Redis runs the current one's apply script.
+        ahead: _Prepared | None = None  # read and prepared, not applied yet
         while not stop.is_set():
             try:
                 if not started:  # Redis may be down when the process starts: retry like any read
@@ -136,11 +145,18 @@ class ShardConsumer:
                     self.consumer,
                     {self.stream: ">"},
                     count=self.settings.read_count,
-                    block=int(self.settings.block_seconds * 1000),
+                    # Never wait for new entries while a batch is waiting to be applied.
+                    block=None if ahead else int(self.settings.block_seconds * 1000),
                 )
-                for _stream, entries in raw or []:
+                entries = [e for _stream, stream_entries in raw or [] for e in stream_entries]
+                current, ahead = ahead, None
+                applying = asyncio.create_task(self._apply(current)) if current else None
+                try:
                     if entries:
-                        await self.process(entries)
+                        ahead = await self._prepare_batch(entries)
+                finally:
+                    if applying is not None:
+                        await applying
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -149,6 +165,12 @@ class ShardConsumer:
                 log.warning("shard %s: %s: %s; retrying in %.1f s", self.shard, type(exc).__name__, exc, backoff)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
+        if ahead is not None:  # the batch in hand: applied before stopping
+            try:
+                await self._apply(ahead)
+            except Exception as exc:  # left pending, for this consumer's next run or a claim
+                self.counters.errors += 1
+                log.warning("shard %s: last batch not applied: %s: %s", self.shard, type(exc).__name__, exc)
 
     async def _periodic(self, what: str, job: Awaitable[object]) -> None:
         try:
@@ -192,10 +214,68 @@ class ShardConsumer:
 
     async def process(self, entries: Sequence[tuple[Any, Any]], check_deliveries: bool = False) -> ApplyResult:
         """Decode, build the delta and apply one batch."""
+        return await self._apply(await self._prepare_batch(entries, check_deliveries))
+
+    async def _prepare_batch(self, entries: Sequence[tuple[Any, Any]], check_deliveries: bool = False) -> _Prepared:
+        """Decode a batch and build its delta; from now until it is applied, the batch's entries
+        are kept claimed (see _keep_owned)."""
         started = time.perf_counter()
         deliveries: dict[str, int] = {}
         if check_deliveries:
             deliveries = await self._delivery_counts([_text(i) for i, _ in entries])
+        keeper = self._start_keeper([_text(i) for i, _ in entries])
+        try:
+            # In a worker thread: the event loop stays free to keep the batch's entries claimed.
+            batch = await asyncio.to_thread(self._prepare, entries, deliveries)
+        except BaseException:
+            keeper.cancel()
+            raise
+        batch.keeper = keeper
+        batch.entries_read = len(entries)
+        batch.started = started
+        return batch
+
+    async def _apply(self, batch: _Prepared) -> ApplyResult:
+        pending, dead = batch.pending, batch.dead
+        try:
+            result = await self.applier.apply(pending, dead, _guarded(batch.builder(self.build_delta)), time.time())
+        except _EngineError:
+            # An event the engine cannot handle must not block (and, after max_deliveries,
+            # dead-letter) the whole batch: dead-letter just the entries that fail.
+            pending, dead = self._isolate_engine_errors(pending, dead)
+            result = await self.applier.apply(pending, dead, self.build_delta, time.time())
+        finally:
+            if batch.keeper is not None:
+                batch.keeper.cancel()
+        elapsed = time.perf_counter() - batch.started
+        c = self.counters
+        c.batches += 1
+        c.entries_read += batch.entries_read
+        c.entries_applied += result.applied_entries
+        c.events_applied += result.applied_events
+        c.duplicate_entries += result.duplicate_entries
+        c.dead_entries += result.dead_entries
+        c.not_owned_entries += len(result.not_owned)
+        c.apply_seconds_sum += elapsed
+        c.apply_seconds_max = max(c.apply_seconds_max, elapsed)
+        if dead:
+            log.warning("shard %s: dead-lettered %d entries (%s)", self.shard, len(dead), dead[0].reason)
+        return result
+
+    def _prepare(self, entries: Sequence[tuple[Any, Any]], deliveries: Mapping[str, int]) -> _Prepared:
+        """Decode a batch and build its delta ahead, in one pass with the cyclic GC paused."""
+        with paused_gc():
+            pending, dead = self._decode(entries, deliveries)
+            first_copies = _first_copies(pending)
+            try:
+                delta = self.build_delta(first_copies)
+            except Exception:  # built again, guarded, by the apply step: the error is handled there
+                return _Prepared(pending, dead)
+            return _Prepared(pending, dead, tuple(e.entry_id for e in first_copies), delta)
+
+    def _decode(
+        self, entries: Sequence[tuple[Any, Any]], deliveries: Mapping[str, int]
+    ) -> tuple[list[PendingEntry], list[DeadEntry]]:
         pending: list[PendingEntry] = []
         dead: list[DeadEntry] = []
         for raw_id, fields in entries:
@@ -220,31 +300,10 @@ class ShardConsumer:
                 dead.append(DeadEntry(entry_id, "bad_header", f"sequence {entry.seq} is above {MAX_SEQ}"))
                 continue
             pending.append(PendingEntry(entry_id, entry.producer_id, entry.seq, entry.events))
-        ids = [_text(i) for i, _ in entries]
-        keeper = asyncio.create_task(self._keep_owned(ids))
-        try:
-            result = await self.applier.apply(pending, dead, _guarded(self.build_delta), time.time())
-        except _EngineError:
-            # An event the engine cannot handle must not block (and, after max_deliveries,
-            # dead-letter) the whole batch: dead-letter just the entries that fail.
-            pending, dead = self._isolate_engine_errors(pending, dead)
-            result = await self.applier.apply(pending, dead, self.build_delta, time.time())
-        finally:
-            keeper.cancel()
-        elapsed = time.perf_counter() - started
-        c = self.counters
-        c.batches += 1
-        c.entries_read += len(entries)
-        c.entries_applied += result.applied_entries
-        c.events_applied += result.applied_events
-        c.duplicate_entries += result.duplicate_entries
-        c.dead_entries += result.dead_entries
-        c.not_owned_entries += len(result.not_owned)
-        c.apply_seconds_sum += elapsed
-        c.apply_seconds_max = max(c.apply_seconds_max, elapsed)
-        if dead:
-            log.warning("shard %s: dead-lettered %d entries (%s)", self.shard, len(dead), dead[0].reason)
-        return result
+        return pending, dead
+
+    def _start_keeper(self, ids: list[str]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._keep_owned(ids))
 
     async def _keep_owned(self, ids: list[str]) -> None:
         """While a batch is being applied, reset the idle time of its entries (those still
@@ -280,6 +339,44 @@ class ShardConsumer:
             if rows:
                 out[entry_id] = int(rows[0]["times_delivered"])
         return out
+
+
+@dataclass
+class _Prepared:
+    """A decoded batch, with its delta when it could be built ahead (for ``built_for``)."""
+
+    pending: list[PendingEntry]
+    dead: list[DeadEntry]
+    built_for: tuple[str, ...] = ()
+    delta: Delta | None = None
+    keeper: asyncio.Task[None] | None = None
+    entries_read: int = 0
+    started: float = 0.0
+
+    def builder(self, build: DeltaBuilder) -> DeltaBuilder:
+        """``build``, except that the first call for exactly the entries the delta was built for
+        returns that delta (the apply step's later attempts, for other entries, build anew)."""
+
+        def build_prepared(entries: Sequence[PendingEntry]) -> Delta:
+            delta, self.delta = self.delta, None
+            if delta is not None and tuple(e.entry_id for e in entries) == self.built_for:
+                return delta
+            return build(entries)
+
+        return build_prepared
+
+
+def _first_copies(entries: Sequence[PendingEntry]) -> list[PendingEntry]:
+    """The entries the apply step builds the delta from: a ``(producer, seq)`` read twice in one
+    batch counts once (its first copy)."""
+    seen: set[tuple[str, int]] = set()
+    first: list[PendingEntry] = []
+    for e in entries:
+        token = (e.producer_id, e.seq)
+        if token not in seen:
+            seen.add(token)
+            first.append(e)
+    return first
 
 
 class _EngineError(Exception):

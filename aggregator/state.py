@@ -20,6 +20,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -52,8 +53,14 @@ def histogram_field(series: str, part: str) -> str:
     return f"{series}{SEP}{part}"
 
 
-@dataclass
-class _Histogram:
+# One series of one metric: (metric key, series field); the key of every ``Delta`` entry.
+Key = tuple[str, str]
+# A gauge value that removes the series (``Delta.set_indexed``).
+REMOVE: Any = object()
+
+
+@dataclass(slots=True)
+class Histogram:
     buckets: list[int]
     total: float = 0.0
     count: int = 0
@@ -63,10 +70,10 @@ class _Histogram:
 class Delta:
     """Pre-aggregated changes of one batch for one shard."""
 
-    counters: dict[tuple[str, str], float] = field(default_factory=dict)
-    histograms: dict[tuple[str, str], _Histogram] = field(default_factory=dict)
+    counters: dict[Key, float] = field(default_factory=dict)
+    histograms: dict[Key, Histogram] = field(default_factory=dict)
     # (metric key, series) -> (event time, value or None for a removal); newest wins.
-    gauges: dict[tuple[str, str], tuple[float, float | None]] = field(default_factory=dict)
+    gauges: dict[Key, tuple[float, float | None]] = field(default_factory=dict)
     # Increments of the shard's stats hash applied with the batch (e.g. rejected events by reason).
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -79,7 +86,7 @@ class Delta:
         k = (mkey, series)
         h = self.histograms.get(k)
         if h is None:
-            h = self.histograms[k] = _Histogram([0] * (len(upper_bounds) + 1))
+            h = self.histograms[k] = Histogram([0] * (len(upper_bounds) + 1))
         h.buckets[bisect.bisect_left(upper_bounds, value)] += 1
         h.total += value
         h.count += 1
@@ -89,6 +96,47 @@ class Delta:
         current = self.gauges.get(k)
         if current is None or t >= current[0]:
             self.gauges[k] = (t, value)
+
+    # The same three updates for many series at once: series ``keys[j]`` gets the value
+    # ``values[slots[j]]``; a key or a value None updates nothing. How the engine adds an event.
+
+    def inc_indexed(self, keys: Sequence[Key | None], slots: Sequence[int], values: Sequence[Any]) -> None:
+        counters = self.counters
+        for k, i in zip(keys, slots, strict=True):
+            if k is not None:
+                amount = values[i]
+                if amount is not None:
+                    counters[k] = counters.get(k, 0.0) + amount
+
+    def observe_indexed(
+        self,
+        keys: Sequence[Key | None],
+        upper_bounds: Sequence[Sequence[float]],
+        slots: Sequence[int],
+        values: Sequence[Any],
+    ) -> None:
+        histograms = self.histograms
+        for k, bounds, i in zip(keys, upper_bounds, slots, strict=True):
+            if k is not None:
+                value = values[i]
+                if value is not None:
+                    h = histograms.get(k)
+                    if h is None:
+                        h = histograms[k] = Histogram([0] * (len(bounds) + 1))
+                    h.buckets[bisect.bisect_left(bounds, value)] += 1
+                    h.total += value
+                    h.count += 1
+
+    def set_indexed(self, keys: Sequence[Key | None], slots: Sequence[int], values: Sequence[Any], t: float) -> None:
+        """Gauges at event time ``t``; a value ``REMOVE`` removes the series."""
+        gauges = self.gauges
+        for k, i in zip(keys, slots, strict=True):
+            if k is not None:
+                value = values[i]
+                if value is not None:
+                    current = gauges.get(k)
+                    if current is None or t >= current[0]:
+                        gauges[k] = (t, None if value is REMOVE else value)
 
     def count(self, stat: str, n: int = 1) -> None:
         self.stats[stat] = self.stats.get(stat, 0) + n

@@ -41,6 +41,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import producer_bench as pb
 import redis
 
+import aggregator.consumer as consumer_module
 from aggregator.apply import ShardApplier
 from aggregator.consumer import ShardConsumer
 from aggregator.daemon import create_client
@@ -49,6 +50,7 @@ from aggregator.litellm_config import MetricsConfig
 from aggregator.settings import AggregatorSettings
 from producer.keys import Keys
 from producer.settings import ProducerSettings
+from producer.wire import decode_entry
 
 
 def _redis_cpu(client: redis.Redis) -> float:
@@ -100,11 +102,33 @@ def produce(calls: list[pb.Call], redis_url: str, namespace: str, end_users: boo
     return int(logger.emitter.counters.sent)
 
 
+class CpuSplit:
+    """CPU seconds (of the calling thread) spent in the engine, in decoding entries and in
+    encoding the apply script's arguments."""
+
+    def __init__(self) -> None:
+        self.seconds = {"engine": 0.0, "decode": 0.0, "encode": 0.0}
+
+    def timed(self, part: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.thread_time() - t0
+
+        return wrapper
+
+
 async def apply_backlog(redis_url: str, namespace: str, events: int, config: MetricsConfig) -> dict[str, float]:
     settings = AggregatorSettings(redis_url=redis_url, namespace=namespace, consumer_name="bench", read_count=100)
     engine = Engine(config)
     client = create_client(settings)
-    consumer = ShardConsumer(client, settings, 0, engine.build_delta)
+    split = CpuSplit()
+    consumer = ShardConsumer(client, settings, 0, split.timed("engine", engine.build_delta))
+    consumer_module.decode_entry = split.timed("decode", decode_entry)  # type: ignore[attr-defined]
+    encode = ShardApplier._encode
+    ShardApplier._encode = split.timed("encode", encode)  # type: ignore[method-assign]
     await consumer.ensure_group()
     sync = redis.Redis.from_url(redis_url)
     stats_key = Keys(namespace).shard_stats(0)
@@ -126,6 +150,8 @@ async def apply_backlog(redis_url: str, namespace: str, events: int, config: Met
     rcpu = _redis_cpu(sync) - rcpu0
     stop.set()
     await task
+    consumer_module.decode_entry = decode_entry  # type: ignore[attr-defined]
+    ShardApplier._encode = encode  # type: ignore[method-assign]
     await consumer.housekeeper.trim()
     series = _series_count(sync, namespace)
     mem = _used_memory(sync) - mem0
@@ -140,6 +166,7 @@ async def apply_backlog(redis_url: str, namespace: str, events: int, config: Met
         "series": series,
         "redis_bytes_per_series": mem / max(series, 1),
         "batches": consumer.counters.batches,
+        **{f"{part}_us_per_event": sec * 1e6 / events for part, sec in split.seconds.items()},
     }
 
 
@@ -253,6 +280,8 @@ def main() -> int:
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--skip-litellm", action="store_true")
+    p.add_argument("--scenarios", default="realistic,worst", help="comma-separated (default realistic,worst)")
+    p.add_argument("--skip-latency", action="store_true")
     a = p.parse_args()
     bench_id = uuid.uuid4().hex[:8]
     sync = redis.Redis.from_url(a.redis_url)
@@ -261,7 +290,7 @@ def main() -> int:
     calls = pb.build_calls(a.events - n_fail, n_fail)
     gc.collect()
     rows: list[tuple[str, dict[str, float], float | None]] = []
-    for scenario in ("realistic", "worst"):
+    for scenario in a.scenarios.split(","):
         worst = scenario == "worst"
         if worst:
             for i, (_ok, kwargs, *_rest) in enumerate(calls):
@@ -282,12 +311,14 @@ def main() -> int:
         rows.append((scenario, result, lite))
     for _ok, kwargs, *_rest in calls:
         kwargs["litellm_params"]["user_api_key_end_user_id"] = None
-    ns = f"lsmbench-agg-{bench_id}-latency"
-    try:
-        print(f"[latency] {a.rate:,.0f} events/s for {a.latency_seconds:g} s ...", file=sys.stderr)
-        lat = asyncio.run(latency(a.redis_url, ns, calls, a.rate, a.latency_seconds))
-    finally:
-        _delete(sync, ns)
+    lat = None
+    if not a.skip_latency:
+        ns = f"lsmbench-agg-{bench_id}-latency"
+        try:
+            print(f"[latency] {a.rate:,.0f} events/s for {a.latency_seconds:g} s ...", file=sys.stderr)
+            lat = asyncio.run(latency(a.redis_url, ns, calls, a.rate, a.latency_seconds))
+        finally:
+            _delete(sync, ns)
     print(
         "| scenario | events | aggregator events/s (one process) | aggregator CPU µs/event | "
         "Redis CPU µs/event | series | Redis bytes/series | LiteLLM logger events/s (one core) |"
@@ -300,11 +331,21 @@ def main() -> int:
             f"{'-' if lite is None else f'{lite:,.0f}'} |"
         )
     print()
-    print(
-        f"Write-to-applied latency at {a.rate:,.0f} events/s for {a.latency_seconds:g} s "
-        f"({lat['entries']:,.0f} entries): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
-        f"max {lat['max_ms']:.0f} ms"
-    )
+    print("| scenario | batches | engine µs/event | decode µs/event | encode µs/event | rest of the process µs/event |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for scenario, r, _lite in rows:
+        rest = r["cpu_us_per_event"] - r["engine_us_per_event"] - r["decode_us_per_event"] - r["encode_us_per_event"]
+        print(
+            f"| {scenario} | {r['batches']:,.0f} | {r['engine_us_per_event']:.1f} | {r['decode_us_per_event']:.1f} | "
+            f"{r['encode_us_per_event']:.1f} | {rest:.1f} |"
+        )
+    if lat is not None:
+        print()
+        print(
+            f"Write-to-applied latency at {a.rate:,.0f} events/s for {a.latency_seconds:g} s "
+            f"({lat['entries']:,.0f} entries): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
+            f"max {lat['max_ms']:.0f} ms"
+        )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nMachine: {os.cpu_count()} cores; load average at the end: {load}.")
     return 0

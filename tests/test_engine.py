@@ -804,15 +804,166 @@ def test_non_text_label_values_render_like_prometheus_client(value: object, rend
     assert sanitize_prometheus_label_value(value) in (None, rendered)
 
 
-def test_label_set_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+# --------------------------------------------------------------------------------------------
+# The success path's caches: per caller identity, the delta keys of its series (a plan), and
+# the series strings by label values. They must never change a result, and stay bounded.
+
+
+def _delta_of(engine: Engine, *events: dict[str, Any]) -> Delta:
+    delta = Delta()
+    for event in events:
+        engine.add_event(delta, event)
+    return delta
+
+
+def _same(a: Delta, b: Delta) -> None:
+    assert a.counters == b.counters
+    assert {k: (h.buckets, h.total, h.count) for k, h in a.histograms.items()} == {
+        k: (h.buckets, h.total, h.count) for k, h in b.histograms.items()
+    }
+    assert a.gauges == b.gauges
+    assert a.stats == b.stats
+
+
+def test_plan_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     import aggregator.engine as engine_module
 
-    monkeypatch.setattr(engine_module, "LABEL_CACHE_SIZE", 10)
+    monkeypatch.setattr(engine_module, "PLAN_CACHE_SIZE", 10)
+    monkeypatch.setattr(engine_module, "SERIES_CACHE_SIZE", 40)
     eng = Engine(MetricsConfig.from_litellm_settings({}))
     delta = Delta()
     for i in range(100):
         ev = dict.fromkeys(wire.SUCCESS_FIELDS)
         ev.update(kind="success", t=1.0, hashed_api_key=f"{i:064x}", model="m", response_cost=0.0)
         assert eng.add_event(delta, ev)
-        assert len(eng._label_cache) <= 10
+        assert len(eng._plans) <= 10
+        assert len(eng._series_cache) <= 40
     assert len(delta.counters) > 100  # every identity still counted
+
+
+def test_evicted_caches_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aggregator.engine as engine_module
+
+    events = [success(team=f"team-{i % 7}", user_agent=f"agent-{i % 5}", t=T + i % 3) for i in range(60)]
+    roomy = _delta_of(Engine(MetricsConfig.from_litellm_settings({})), *events)
+    monkeypatch.setattr(engine_module, "PLAN_CACHE_SIZE", 2)
+    monkeypatch.setattr(engine_module, "SERIES_CACHE_SIZE", 4)
+    _same(_delta_of(Engine(MetricsConfig.from_litellm_settings({})), *events), roomy)
+
+
+# Every input besides the identity fields that picks a label value of some series: a plan built
+# for one value must not be reused for another.
+SELECTORS: list[tuple[str, dict[str, Any]]] = [
+    ("zero_cost_reason", {"zero_cost_reason": "cache_hit"}),
+    ("original_model_group", {"original_model_group": "primary"}),
+    ("key_model_group", {"key_model_group": "other-group"}),
+    ("deployment_model_id", {"deployment_model_id": "dep-2"}),
+    ("deployment_provider", {"deployment_provider": "azure"}),
+    ("no_deployment", {"has_deployment": False}),
+    ("user_alias", {"budget": budget(user_api_key_user_alias="Alias", user_api_key_user_max_budget=5.0)}),
+    ("no_budget", {"budget": None}),
+    ("mcp_tool", {"mcp_tool": "search"}),
+    ("mcp_server", {"mcp_server": "tools"}),
+    ("custom_labels", {"custom_labels": {"metadata_tenant": "t2"}}),
+    ("tag_labels", {"tag_labels": {"tag_prod": "false"}}),
+    ("stream", {"stream": True}),
+]
+
+
+@pytest.mark.parametrize("changes", [row[1] for row in SELECTORS], ids=[row[0] for row in SELECTORS])
+def test_a_cached_plan_never_lends_its_labels(changes: dict[str, Any]) -> None:
+    config = MetricsConfig.from_litellm_settings(
+        {
+            "custom_prometheus_metadata_labels": ["metadata.tenant"],
+            "custom_prometheus_tags": ["prod"],
+            "prometheus_user_budget_label_include_email_alias": True,
+        }
+    )
+    base = success(custom_labels={"metadata_tenant": "t1"}, tag_labels={"tag_prod": "true"})
+    other = {**base, **changes, "t": T + 1}
+    for cached, event in ((base, other), (other, base)):
+        warm = Engine(config)
+        warm.add_event(Delta(), cached)  # the cached event's plan is remembered
+        _same(_delta_of(warm, event), _delta_of(Engine(config), event))
+
+
+def test_a_batch_equals_its_events_one_by_one() -> None:
+    events = [
+        success(),
+        success(t=T + 5, response_cost=0.5, latency_ttft=0.2, stream=True, cache_hit=True),
+        success(t=T - 5, headers=headers(**{"x-ratelimit-api_key-limit-requests": 10})),
+        success(t=T + 5, headers=headers(**{"x-ratelimit-api_key-limit-requests": 10,
+                                            "x-ratelimit-api_key-remaining-requests": 4})),
+        failure(),
+        success(usage=[4, 2, 1, 3, 5, 1.5, 2, 7, 8], zero_cost_reason="free", mcp_tool="search"),
+    ]  # fmt: skip
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+    one_by_one = Delta()
+    for event in events:
+        single = apply(event)
+        for k, v in single.counters.items():
+            one_by_one.counters[k] = one_by_one.counters.get(k, 0.0) + v
+        for k, h in single.histograms.items():
+            acc = one_by_one.histograms.setdefault(k, type(h)([0] * len(h.buckets)))
+            acc.buckets = [a + b for a, b in zip(acc.buckets, h.buckets, strict=True)]
+            acc.total += h.total
+            acc.count += h.count
+        for k, (t, value) in single.gauges.items():
+            if k not in one_by_one.gauges or t >= one_by_one.gauges[k][0]:
+                one_by_one.gauges[k] = (t, value)
+        for stat, n in single.stats.items():
+            one_by_one.count(stat, n)
+    _same(engine.build_delta([PendingEntry("1-0", "p", 1, events)]), one_by_one)
+
+
+def test_gauge_tie_goes_to_the_later_event() -> None:
+    first = success(budget=budget(user_api_key_spend=1.0))
+    second = success(budget=budget(user_api_key_spend=3.0))
+    [(_labels, value)] = touched(apply(first, second), "litellm_remaining_api_key_budget_metric")
+    assert value == pytest.approx(10.0 - 3.25)
+
+
+def test_v3_rate_limit_series_removed_when_the_pair_is_missing_last_write_wins() -> None:
+    with_limits = headers(**{"x-ratelimit-api_key-limit-requests": 10, "x-ratelimit-api_key-remaining-requests": 4})
+    labels = {"hashed_api_key": KEY, "api_key_alias": "key-alias", "rate_limit_type": "requests"}
+
+    def used_requests(delta: Delta) -> list[Any]:
+        changes = touched(delta, "litellm_api_key_rate_limit_used_metric")
+        return [value for got, value in changes if got == labels]
+
+    # The newer event carries the limits: the series is set; it does not: removed (None).
+    assert used_requests(apply(success(t=T), success(t=T + 1, headers=with_limits))) == [6.0]
+    assert used_requests(apply(success(t=T + 1), success(t=T, headers=with_limits))) == [None]
+
+
+def test_an_observation_is_checked_only_when_its_histogram_is_on() -> None:
+    only_requests = MetricsConfig.from_litellm_settings(
+        {"prometheus_metrics_config": [{"group": "g", "metrics": ["litellm_requests_metric"]}]}
+    )
+    engine = Engine(only_requests)
+    delta = Delta()
+    # LiteLLM never observes a disabled histogram, so a bad latency there rejects nothing.
+    assert engine.add_event(delta, success(latency_api="slow", latency_ttft="x", stream=True)) is True
+    assert engine.add_event(delta, success(latency_total=math.inf)) is False  # the total is always read
+    assert delta.stats == {"events_applied_success": 1, "events_rejected_invalid_latency": 1}
+
+
+def test_the_gc_is_paused_only_while_building() -> None:
+    import gc
+
+    assert gc.isenabled()
+    apply(success())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        apply(success())
+        assert not gc.isenabled()  # not switched on by the engine when it was off
+    finally:
+        gc.enable()
+
+
+def test_budget_fields_are_in_the_order_the_engine_unpacks() -> None:
+    names = ("spend", "max_budget", "budget_reset_at", "team_spend", "team_max_budget", "team_table_max_budget",
+             "team_budget_reset_at", "user_spend", "user_max_budget", "user_table_max_budget", "user_budget_reset_at",
+             "user_alias", "org_spend", "org_max_budget")  # fmt: skip
+    assert tuple(f"user_api_key_{n}" for n in names) == wire.BUDGET_FIELDS
