@@ -76,6 +76,8 @@ class ShardApplier:
         self._script = client.register_script(_SCRIPT)
         #: metric key -> series caps / TTL (see series_limits.py); empty: no limits.
         self.limits: dict[str, MetricLimits] = {}
+        # (kind, metric key) -> the Redis key of that hash in this shard (formatted once).
+        self._metric_keys: dict[tuple[str, str], str] = {}
 
     async def apply(
         self,
@@ -125,13 +127,13 @@ class ShardApplier:
                 pindex[pid] = len(producers)
         keys = [k.stream(s), k.dead_letters(s), k.shard_stats(s), k.applied_by_producer(s), k.high_water_marks(s)]
         keys += [k.seen_above_mark(s, p) for p in producers]
-        mkeys: dict[str, int] = {}
+        mkeys: dict[tuple[str, str], int] = {}
+        names = self._metric_keys
 
         def key_index(kind: str, mkey: str) -> int:
-            full = k.metric(s, kind, mkey)
-            idx = mkeys.get(full)
+            idx = mkeys.get((kind, mkey))
             if idx is None:
-                idx = mkeys[full] = len(mkeys) + 1
+                idx = mkeys[(kind, mkey)] = len(mkeys) + 1
             return idx
 
         args: list[str | int | float] = [self.group, self.consumer, repr(now), len(producers), *producers]
@@ -196,7 +198,11 @@ class ShardApplier:
         record_removals = 1 if k.shards > 1 else 0
         document = {"i": incs, "g": gauges, "s": counts, "p": policies, "x": capped, "r": record_removals}
         args.append(orjson.dumps(document).decode())
-        keys += list(mkeys)
+        for kind_mkey in mkeys:  # in index order (dicts keep insertion order)
+            full = names.get(kind_mkey)
+            if full is None:
+                full = names[kind_mkey] = k.metric(s, *kind_mkey)
+            keys.append(full)
         return keys, args
 
 

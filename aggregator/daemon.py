@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Sequence
@@ -23,6 +24,9 @@ from aggregator.settings import AggregatorSettings
 from producer.keys import Keys
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
+
+# Cyclic GC thresholds while the aggregator runs (Python's defaults: 700, 10, 10).
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def create_client(settings: AggregatorSettings) -> aioredis.Redis:
@@ -120,8 +124,18 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
+def tune_gc() -> None:
+    """For a process that runs the aggregator: what exists at start lives as long as the process,
+    so keep the cyclic collector from walking it again and again, and let it run less often (the
+    hot path makes little cyclic garbage; the defaults cost ~13 us per event)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def run_aggregator(settings: AggregatorSettings, config: MetricsConfig | None = None) -> None:
     agg = Aggregator(settings, config, serve_http=True)
+    tune_gc()
     agg.install_signal_handlers(asyncio.get_running_loop())
     await agg.run()
 

@@ -44,7 +44,7 @@ import redis
 import aggregator.consumer as consumer_module
 from aggregator.apply import ShardApplier
 from aggregator.consumer import ShardConsumer
-from aggregator.daemon import create_client
+from aggregator.daemon import create_client, tune_gc
 from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
 from aggregator.settings import AggregatorSettings
@@ -282,6 +282,9 @@ def main() -> int:
     p.add_argument("--skip-litellm", action="store_true")
     p.add_argument("--scenarios", default="realistic,worst", help="comma-separated (default realistic,worst)")
     p.add_argument("--skip-latency", action="store_true")
+    p.add_argument(
+        "--default-gc", action="store_true", help="keep Python's GC thresholds (the daemon tunes them: tune_gc)"
+    )
     a = p.parse_args()
     bench_id = uuid.uuid4().hex[:8]
     sync = redis.Redis.from_url(a.redis_url)
@@ -289,6 +292,8 @@ def main() -> int:
     print(f"generating {a.events:,} calls ...", file=sys.stderr)
     calls = pb.build_calls(a.events - n_fail, n_fail)
     gc.collect()
+    if not a.default_gc:
+        tune_gc()
     rows: list[tuple[str, dict[str, float], float | None]] = []
     for scenario in a.scenarios.split(","):
         worst = scenario == "worst"
