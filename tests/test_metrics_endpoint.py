@@ -344,3 +344,21 @@ def test_a_frozen_leader_is_replaced_within_the_lease_and_exports_nothing_when_r
         assert leader_name(pods) == second
     finally:
         pods.stop()
+
+
+@pytest.mark.parametrize(
+    ("header", "gzip_expected"),
+    [
+        (None, False),
+        ("gzip", True),
+        ("deflate, gzip;q=0.5", True),
+        ("gzip;q=0", False),
+        ("gzip;q=abc", False),
+        ("*", True),
+        ("identity", False),
+    ],
+)
+def test_accept_encoding_parsing(header: str | None, gzip_expected: bool) -> None:
+    from aggregator.http_server import _accepts_gzip
+
+    assert _accepts_gzip(header) is gzip_expected
