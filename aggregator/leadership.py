@@ -58,6 +58,10 @@ class Leadership:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("exporter lease: Redis error: %s", self.last_error)
+        except Exception as exc:  # never let the lease loop die: count, log, try again next round
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("exporter lease: unexpected error")
         if self._was_leader and not self.lease.held():
             self._lost("the lease ran out before it could be renewed")
 
