@@ -292,9 +292,20 @@ _USAGE_COUNTERS = (
 _H = {name: i for i, name in enumerate(wire.HEADER_FIELDS)}
 _B = {name: i for i, name in enumerate(wire.BUDGET_FIELDS)}
 _N_HEADERS, _N_BUDGET, _N_USAGE = len(wire.HEADER_FIELDS), len(wire.BUDGET_FIELDS), len(wire.USAGE_FIELDS)
+# (limit header, remaining header, first value slot) of each v3 rate limit.
 _V3_HEADERS = tuple(
-    (_H[f"x-ratelimit-{d}-limit-{h}"], _H[f"x-ratelimit-{d}-remaining-{h}"]) for d, h, _t in wire.V3_RATE_LIMITS
+    (_H[f"x-ratelimit-{d}-limit-{h}"], _H[f"x-ratelimit-{d}-remaining-{h}"], _V3 + 2 * i)
+    for i, (d, h, _t) in enumerate(wire.V3_RATE_LIMITS)
 )
+# (value slot, event field of the legacy limiter, v3 header) of the key's remaining requests/tokens.
+_KEY_REMAINING = tuple(
+    (slot, f"key_remaining_{rtype}", _H[f"x-ratelimit-model_per_key-remaining-{rtype}"])
+    for slot, rtype in ((_KEY_REMAINING_REQUESTS, "requests"), (_KEY_REMAINING_TOKENS, "tokens"))
+)
+_REMAINING_REQUESTS_AT = _H["x_ratelimit_remaining_requests"]
+_REMAINING_TOKENS_AT = _H["x_ratelimit_remaining_tokens"]
+_MAXSIZE = float(sys.maxsize)
+_INF = math.inf
 
 # (metric, label set, value slot) of every series a success event may update. The label sets
 # are built by ``Engine._success_label_sets``. A row whose metric is off is left out; a row whose
@@ -350,12 +361,13 @@ _SUCCESS_GAUGES: tuple[tuple[str, str, int], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """The delta keys of one caller identity's series: one per row of the engine's success tables
-    whose metric is on (in table order), None where the identity has no such series."""
+    """The series of one caller identity: for each row of the engine's success tables whose
+    metric is on and whose label set the identity has (in table order), the delta key and the
+    value slot that feeds it (histograms: with the bucket bounds)."""
 
-    counters: tuple[Key | None, ...]
-    histograms: tuple[Key | None, ...]
-    gauges: tuple[Key | None, ...]
+    counters: tuple[tuple[Key, int], ...]
+    histograms: tuple[tuple[Key, tuple[float, ...], int], ...]
+    gauges: tuple[tuple[Key, int], ...]
 
 
 class _Ops:
@@ -465,9 +477,9 @@ class Engine:
             if kind == wire.SUCCESS:
                 t = number(event.get("t"), "time")
                 values, plan = self._success_values(event)
-                delta.inc_indexed(plan.counters, self._counter_slots, values)
-                delta.observe_indexed(plan.histograms, self._histogram_bounds, self._histogram_slots, values)
-                delta.set_indexed(plan.gauges, self._gauge_slots, values, t)
+                delta.inc_indexed(plan.counters, values)
+                delta.observe_indexed(plan.histograms, values)
+                delta.set_indexed(plan.gauges, values, t)
             else:
                 handler = self._handlers.get(kind) if isinstance(kind, str) else None
                 if handler is None:
@@ -598,47 +610,45 @@ class Engine:
             _user_alias,
             org_spend,
             org_max,
-        ) = _padded(raw, _N_BUDGET)  # wire.BUDGET_FIELDS, in order (pinned by tests/test_engine.py)
+        ) = raw if len(raw) == _N_BUDGET else _padded(raw, _N_BUDGET)  # wire.BUDGET_FIELDS, in order
         g = ev.get
-        entities = (  # (has the entity, spend, max budget, reset time)
-            (g("hashed_api_key"), key_spend, key_max, key_reset),
-            (g("team"), team_spend, team_table_max if team_max is None else team_max, team_reset),
-            (g("user"), user_spend, user_table_max if user_max is None else user_max, user_reset),
-            # Org gauges only when the org's spend is known.
-            (g("org_id") and org_spend is not None, org_spend, org_max, None),
-        )
-        for i, (present, spend, max_budget, reset_at) in enumerate(entities):
-            if not present:
-                continue
-            slot = _BUDGET + 3 * i
-            spend_v = optional_number(spend)
-            max_v = optional_number(max_budget)
-            if max_v is not None:
-                v[slot] = max_v
-                if spend_v is not None:
-                    v[slot + 1] = max_v - (spend_v + cost)
-            v[slot + 2] = epoch(reset_at)
+        if g("hashed_api_key"):
+            _budget_gauges(v, _BUDGET, key_spend, key_max, key_reset, cost)
+        if g("team"):
+            _budget_gauges(
+                v, _BUDGET + 3, team_spend, team_table_max if team_max is None else team_max, team_reset, cost
+            )
+        if g("user"):
+            _budget_gauges(
+                v, _BUDGET + 6, user_spend, user_table_max if user_max is None else user_max, user_reset, cost
+            )
+        if org_spend is not None and g("org_id"):  # org gauges only when the org's spend is known
+            _budget_gauges(v, _BUDGET + 9, org_spend, org_max, None, cost)
 
     @staticmethod
     def _limit_values(v: list[Any], ev: Mapping[str, Any], headers: Sequence[Any]) -> None:
         """Remaining requests/tokens of the key for the model (legacy limiter, else the v3
         limiter's header; none: LiteLLM exports sys.maxsize, spec §7.7), and the v3 limiter's
         allowed/used gauges (a missing limit/remaining pair removes the series)."""
-        for slot, rtype in ((_KEY_REMAINING_REQUESTS, "requests"), (_KEY_REMAINING_TOKENS, "tokens")):
-            value = ev.get(f"key_remaining_{rtype}")
+        g = ev.get
+        for slot, name, header_at in _KEY_REMAINING:
+            value = g(name)
             if value is None:
-                value = strict_int(headers[_H[f"x-ratelimit-model_per_key-remaining-{rtype}"]])
-            v[slot] = float(sys.maxsize) if value is None else gauge_reading(value)
-        for i, (limit_at, remaining_at) in enumerate(_V3_HEADERS):
-            limit, remaining = headers[limit_at], headers[remaining_at]
-            if type(limit) is not int or type(remaining) is not int:  # quick path for plain ints
-                limit, remaining = strict_int(limit), strict_int(remaining)
-            slot = _V3 + 2 * i
-            if limit is None or remaining is None:
-                v[slot] = v[slot + 1] = REMOVE
-            else:
-                v[slot] = float(limit)
-                v[slot + 1] = float(limit - remaining)
+                value = headers[header_at]
+                if type(value) is not int:
+                    value = strict_int(value)
+            v[slot] = _MAXSIZE if value is None else gauge_reading(value)
+        for limit_at, remaining_at, slot in _V3_HEADERS:
+            limit = headers[limit_at]
+            remaining = headers[remaining_at]
+            if type(limit) is not int or type(remaining) is not int:  # not the usual two plain ints
+                if limit is not None and remaining is not None:
+                    limit, remaining = strict_int(limit), strict_int(remaining)
+                if limit is None or remaining is None:
+                    v[slot] = v[slot + 1] = REMOVE
+                    continue
+            v[slot] = float(limit)
+            v[slot + 1] = float(limit - remaining)
 
     def _latency_values(self, v: list[Any], ev: Mapping[str, Any]) -> None:
         queue = optional_number(ev.get("latency_queue"))
@@ -663,8 +673,9 @@ class Engine:
         self, v: list[Any], ev: Mapping[str, Any], headers: Sequence[Any], completion_tokens: float
     ) -> None:
         g = ev.get
-        v[_TPM] = gauge_reading(g("deployment_tpm"))
-        v[_RPM] = gauge_reading(g("deployment_rpm"))
+        tpm, rpm = g("deployment_tpm"), g("deployment_rpm")
+        v[_TPM] = None if tpm is None else gauge_reading(tpm)
+        v[_RPM] = None if rpm is None else gauge_reading(rpm)
         overhead_ms = optional_number(g("overhead_ms"))
         if overhead_ms:
             v[_OVERHEAD] = self._observation("litellm_overhead_latency_metric", overhead_ms / 1000)
@@ -673,8 +684,9 @@ class Engine:
             v[_OVERHEAD_WITH_GUARDRAILS] = self._observation(
                 "litellm_overhead_with_guardrails_latency_metric", (overhead_ms or 0) / 1000 + guard
             )
-        v[_REMAINING_REQUESTS] = gauge_reading(headers[_H["x_ratelimit_remaining_requests"]])
-        v[_REMAINING_TOKENS] = gauge_reading(headers[_H["x_ratelimit_remaining_tokens"]])
+        remaining_requests, remaining_tokens = headers[_REMAINING_REQUESTS_AT], headers[_REMAINING_TOKENS_AT]
+        v[_REMAINING_REQUESTS] = None if remaining_requests is None else gauge_reading(remaining_requests)
+        v[_REMAINING_TOKENS] = None if remaining_tokens is None else gauge_reading(remaining_tokens)
         basis = optional_number(g("latency_per_token_basis"))
         if basis is not None and completion_tokens > 0:
             v[_PER_OUTPUT_TOKEN] = self._observation(
@@ -729,7 +741,8 @@ class Engine:
         return plan
 
     def _build_plan(self, label_sets: Mapping[str, Labels | None]) -> _Plan:
-        """Resolve every row of the success tables to a delta key."""
+        """Resolve every row of the success tables to a delta key (left out: rows whose label
+        set the identity does not have)."""
         tables: tuple[list[Key | None], ...] = tuple([None] * n for n in self._plan_sizes)
         for (set_name, names, defaults), rows in self._plan_groups.items():
             labels = label_sets.get(set_name)
@@ -738,7 +751,15 @@ class Engine:
                 for table, row, mkey in rows:
                     tables[table][row] = (mkey, series)
         counters, histograms, gauges = tables
-        return _Plan(tuple(counters), tuple(histograms), tuple(gauges))
+        return _Plan(
+            tuple((k, slot) for k, slot in zip(counters, self._counter_slots, strict=True) if k is not None),
+            tuple(
+                (k, bounds, slot)
+                for k, bounds, slot in zip(histograms, self._histogram_bounds, self._histogram_slots, strict=True)
+                if k is not None
+            ),
+            tuple((k, slot) for k, slot in zip(gauges, self._gauge_slots, strict=True) if k is not None),
+        )
 
     def _shared_series(self, values: tuple[str, ...]) -> str:
         """The series string of these label values, encoded once and shared by every plan."""
@@ -1091,6 +1112,24 @@ class Engine:
 
     def _check_batch_cost_error(self, ops: _Ops, ev: dict[str, Any], t: float) -> None:
         self._inc(ops, "litellm_check_batch_cost_errors_total", {"error_type": _plain(ev.get("error_type"))})
+
+
+def _finite(value: object) -> float | None:
+    """``optional_number`` with a quick path for the usual float."""
+    if type(value) is float:
+        return value if -_INF < value < _INF else None
+    return None if value is None else optional_number(value)
+
+
+def _budget_gauges(v: list[Any], slot: int, spend: object, max_budget: object, reset_at: object, cost: float) -> None:
+    """The max budget, remaining budget and reset time of one entity, from ``slot`` on."""
+    max_v = _finite(max_budget)
+    if max_v is not None:
+        v[slot] = max_v
+        spend_v = _finite(spend)
+        if spend_v is not None:
+            v[slot + 1] = max_v - (spend_v + cost)
+    v[slot + 2] = None if reset_at is None else epoch(reset_at)
 
 
 def usage_dict(raw: object) -> dict[str, Any] | None:

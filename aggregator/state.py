@@ -97,46 +97,40 @@ class Delta:
         if current is None or t >= current[0]:
             self.gauges[k] = (t, value)
 
-    # The same three updates for many series at once: series ``keys[j]`` gets the value
-    # ``values[slots[j]]``; a key or a value None updates nothing. How the engine adds an event.
+    # The same three updates for many series at once: each ``(key, slot)`` pair gets the value
+    # ``values[slot]``; a value None updates nothing. How the engine adds a success event.
 
-    def inc_indexed(self, keys: Sequence[Key | None], slots: Sequence[int], values: Sequence[Any]) -> None:
+    def inc_indexed(self, pairs: Sequence[tuple[Key, int]], values: Sequence[Any]) -> None:
         counters = self.counters
-        for k, i in zip(keys, slots, strict=True):
-            if k is not None:
-                amount = values[i]
-                if amount is not None:
-                    counters[k] = counters.get(k, 0.0) + amount
+        get = counters.get
+        for k, i in pairs:
+            amount = values[i]
+            if amount is not None:
+                counters[k] = get(k, 0.0) + amount
 
-    def observe_indexed(
-        self,
-        keys: Sequence[Key | None],
-        upper_bounds: Sequence[Sequence[float]],
-        slots: Sequence[int],
-        values: Sequence[Any],
-    ) -> None:
+    def observe_indexed(self, rows: Sequence[tuple[Key, Sequence[float], int]], values: Sequence[Any]) -> None:
+        """``rows``: (key, the histogram's upper bounds without +Inf, slot)."""
         histograms = self.histograms
-        for k, bounds, i in zip(keys, upper_bounds, slots, strict=True):
-            if k is not None:
-                value = values[i]
-                if value is not None:
-                    h = histograms.get(k)
-                    if h is None:
-                        h = histograms[k] = Histogram([0] * (len(bounds) + 1))
-                    h.buckets[bisect.bisect_left(bounds, value)] += 1
-                    h.total += value
-                    h.count += 1
+        for k, bounds, i in rows:
+            value = values[i]
+            if value is not None:
+                h = histograms.get(k)
+                if h is None:
+                    h = histograms[k] = Histogram([0] * (len(bounds) + 1))
+                h.buckets[bisect.bisect_left(bounds, value)] += 1
+                h.total += value
+                h.count += 1
 
-    def set_indexed(self, keys: Sequence[Key | None], slots: Sequence[int], values: Sequence[Any], t: float) -> None:
+    def set_indexed(self, pairs: Sequence[tuple[Key, int]], values: Sequence[Any], t: float) -> None:
         """Gauges at event time ``t``; a value ``REMOVE`` removes the series."""
         gauges = self.gauges
-        for k, i in zip(keys, slots, strict=True):
-            if k is not None:
-                value = values[i]
-                if value is not None:
-                    current = gauges.get(k)
-                    if current is None or t >= current[0]:
-                        gauges[k] = (t, None if value is REMOVE else value)
+        get = gauges.get
+        for k, i in pairs:
+            value = values[i]
+            if value is not None:
+                current = get(k)
+                if current is None or t >= current[0]:
+                    gauges[k] = (t, None if value is REMOVE else value)
 
     def count(self, stat: str, n: int = 1) -> None:
         self.stats[stat] = self.stats.get(stat, 0) + n
