@@ -9,15 +9,30 @@ streaming, 9% failures):
 * ``worst``: every call a new end user, with LiteLLM's end-user labels on
   (``enable_end_user_cost_tracking_prometheus_only``): every event makes new series.
 
-For each scenario the calls go through the real producer (``StreamMetricsLogger``) into a
-fresh namespace; then one aggregator (in this process, one core) applies the backlog and we
-measure its throughput and CPU, Redis CPU and memory per series. LiteLLM's ``PrometheusLogger``
-processes the same calls in this process for the side-by-side rate.
+Each scenario runs in two phases, in one fresh namespace, with one aggregator (in this process,
+one core: one ``Engine`` and one ``ShardConsumer`` for both phases):
+
+* cold start: ``--warmup-events`` calls (default: as many as ``--events``) go through the real
+  producer (``StreamMetricsLogger``), then the aggregator, just started (empty engine caches, no
+  series in Redis), applies that backlog;
+* steady state: then ``--events`` further calls (other calls of the same generated world: one
+  ``build_calls`` run, split in two) go through the producer, and the same aggregator, its caches
+  warm and the warm-up's series in Redis, applies them. This is the sustained rate of a
+  long-running aggregator; the cold start is mostly warm-up (in the realistic scenario most
+  caller identities, and series, are new).
+
+Nothing runs while a phase's calls are produced (the consumer is stopped and restarted on the
+same objects), so each phase measures only its own events: throughput and CPU of the aggregator
+(with where its CPU goes), Redis CPU (server-wide), and Redis memory per series the phase
+added (``MEMORY USAGE`` of the namespace's keys before the phase's calls were produced and once
+they are applied and trimmed from the stream).
+``--warmup-events 0`` measures the cold start on ``--events`` calls only. LiteLLM's
+``PrometheusLogger`` processes some of the same calls in this process for the side-by-side rate.
 
 Latency: a producer thread writes at ``--rate`` events/s for ``--latency-seconds`` while the
 aggregator runs; for every applied entry we record (time applied - time the entry was built).
 
-    LITELLM_LOCAL_MODEL_COST_MAP=True python bench/aggregator_bench.py [--events 50000]
+    LITELLM_LOCAL_MODEL_COST_MAP=True python bench/aggregator_bench.py [--events 50000] [--warmup-events N]
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import statistics
 import sys
@@ -58,9 +74,12 @@ def _redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def _used_memory(client: redis.Redis) -> int:
-    info: Any = client.info("memory")
-    return int(info["used_memory"])
+def _namespace_memory(client: redis.Redis, namespace: str) -> int:
+    """Bytes of every key of the namespace (MEMORY USAGE, every field counted): unlike the
+    server's used_memory, not moved by other users of the same Redis."""
+    return sum(
+        int(client.memory_usage(k, samples=0) or 0) for k in client.scan_iter(match=f"{namespace}:*", count=1000)
+    )
 
 
 def _delete(client: redis.Redis, namespace: str) -> None:
@@ -120,7 +139,12 @@ class CpuSplit:
         return wrapper
 
 
-async def apply_backlog(redis_url: str, namespace: str, events: int, config: MetricsConfig) -> dict[str, float]:
+async def apply_backlog(
+    redis_url: str, namespace: str, phases: list[list[pb.Call]], end_users: bool, config: MetricsConfig
+) -> list[dict[str, float]]:
+    """For each phase in turn: its calls through the real producer (untimed, the aggregator
+    stopped), then the one aggregator (same engine, same consumer for every phase, so its caches
+    stay warm) applies them, timed. One result per phase."""
     settings = AggregatorSettings(redis_url=redis_url, namespace=namespace, consumer_name="bench", read_count=100)
     engine = Engine(config)
     client = create_client(settings)
@@ -129,45 +153,72 @@ async def apply_backlog(redis_url: str, namespace: str, events: int, config: Met
     consumer_module.decode_entry = split.timed("decode", decode_entry)  # type: ignore[attr-defined]
     encode = ShardApplier._encode
     ShardApplier._encode = split.timed("encode", encode)  # type: ignore[method-assign]
-    await consumer.ensure_group()
     sync = redis.Redis.from_url(redis_url)
     stats_key = Keys(namespace).shard_stats(0)
-    mem0 = _used_memory(sync)
-    rcpu0 = _redis_cpu(sync)
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    while True:
-        await asyncio.sleep(0.05)
-        applied = int(sync.hget(stats_key, "events_applied") or 0)
-        if applied >= events:
-            break
-        if task.done():
-            task.result()
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    rcpu = _redis_cpu(sync) - rcpu0
-    stop.set()
-    await task
-    consumer_module.decode_entry = decode_entry  # type: ignore[attr-defined]
-    ShardApplier._encode = encode  # type: ignore[method-assign]
-    await consumer.housekeeper.trim()
-    series = _series_count(sync, namespace)
-    mem = _used_memory(sync) - mem0
-    await client.aclose()
-    sync.close()
-    return {
-        "events": events,
-        "wall_s": wall,
-        "events_per_s": events / wall,
-        "cpu_us_per_event": cpu * 1e6 / events,
-        "redis_cpu_us_per_event": rcpu * 1e6 / events,
-        "series": series,
-        "redis_bytes_per_series": mem / max(series, 1),
-        "batches": consumer.counters.batches,
-        **{f"{part}_us_per_event": sec * 1e6 / events for part, sec in split.seconds.items()},
-    }
+    results: list[dict[str, float]] = []
+    try:
+        await consumer.ensure_group()
+        series0 = 0
+        for calls in phases:
+            mem0 = _namespace_memory(sync, namespace)
+            sent = await asyncio.to_thread(produce, calls, redis_url, namespace, end_users)
+            if sent != len(calls):
+                print(f"  warning: {len(calls):,} calls, but the producer sent {sent:,} events", file=sys.stderr)
+            target = int(sync.hget(stats_key, "events_applied") or 0) + sent
+            plans0 = len(getattr(engine, "_plans", ()))  # caller identities with a cached plan
+            print(f"  applying {sent:,} events ({plans0:,} identity plans cached) ...", file=sys.stderr)
+            for part in split.seconds:
+                split.seconds[part] = 0.0
+            batches0 = consumer.counters.batches
+            rcpu0 = _redis_cpu(sync)
+            cpu0 = time.process_time()
+            t0 = time.perf_counter()
+            stop = asyncio.Event()
+            task = asyncio.create_task(consumer.run(stop))
+            while True:
+                await asyncio.sleep(0.05)
+                applied = int(sync.hget(stats_key, "events_applied") or 0)
+                if applied >= target:
+                    break
+                if task.done():
+                    task.result()
+            wall = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
+            rcpu = _redis_cpu(sync) - rcpu0
+            stop.set()
+            await task
+            batches = consumer.counters.batches - batches0
+            await consumer.housekeeper.trim()
+            series = _series_count(sync, namespace)
+            mem = _namespace_memory(sync, namespace) - mem0
+            plans, strings = len(getattr(engine, "_plans", ())), len(getattr(engine, "_series_cache", ()))
+            print(
+                f"  {wall:.1f} s; engine caches: {plans:,} identity plans, {strings:,} series strings; "
+                f"{series:,} series in Redis",
+                file=sys.stderr,
+            )
+            new_series = series - series0
+            series0 = series
+            results.append(
+                {
+                    "events": sent,
+                    "wall_s": wall,
+                    "events_per_s": sent / wall,
+                    "cpu_us_per_event": cpu * 1e6 / sent,
+                    "redis_cpu_us_per_event": rcpu * 1e6 / sent,
+                    "series": series,
+                    "new_series": new_series,
+                    "redis_bytes_per_series": mem / new_series if new_series > 0 else float("nan"),
+                    "batches": batches,
+                    **{f"{part}_us_per_event": sec * 1e6 / sent for part, sec in split.seconds.items()},
+                }
+            )
+    finally:
+        consumer_module.decode_entry = decode_entry  # type: ignore[attr-defined]
+        ShardApplier._encode = encode  # type: ignore[method-assign]
+        await client.aclose()
+        sync.close()
+    return results
 
 
 async def feed_warmup(logger: Any, calls: list[pb.Call]) -> None:
@@ -274,7 +325,15 @@ def _built_at(entry_id: str) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=int, default=50_000, help="calls per scenario (default 50000)")
+    p.add_argument("--events", type=int, default=50_000, help="measured calls per scenario (default 50000)")
+    p.add_argument(
+        "--warmup-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="calls applied first by the same aggregator (the cold-start phase) before the measured "
+        "--events (the steady-state phase); default: as many as --events; 0: no warm-up, measure the cold start only",
+    )
     p.add_argument("--litellm-events", type=int, default=5_000, help="calls fed to LiteLLM's logger (default 5000)")
     p.add_argument("--rate", type=float, default=10_000, help="events/s for the latency run (default 10000)")
     p.add_argument("--latency-seconds", type=float, default=20.0)
@@ -286,15 +345,23 @@ def main() -> int:
         "--default-gc", action="store_true", help="keep Python's GC thresholds (the daemon tunes them: tune_gc)"
     )
     a = p.parse_args()
+    warmup = a.events if a.warmup_events is None else a.warmup_events
+    if a.events < 1 or warmup < 0:
+        p.error("--events must be >= 1 and --warmup-events >= 0")
     bench_id = uuid.uuid4().hex[:8]
     sync = redis.Redis.from_url(a.redis_url)
-    n_fail = a.events // 11
-    print(f"generating {a.events:,} calls ...", file=sys.stderr)
-    calls = pb.build_calls(a.events - n_fail, n_fail)
+    total = warmup + a.events
+    n_fail = total // 11
+    print(f"generating {total:,} calls ({warmup:,} warm-up + {a.events:,} measured) ...", file=sys.stderr)
+    # One run of the generator (one world: same keys, teams, models; timestamps spread over the
+    # whole run), split in two: the measured calls are further draws, not repeats of the warm-up.
+    calls = pb.build_calls(total - n_fail, n_fail)
+    warm_calls, measured_calls = calls[:warmup], calls[warmup:]
     gc.collect()
     if not a.default_gc:
         tune_gc()
-    rows: list[tuple[str, dict[str, float], float | None]] = []
+    phases = [("cold start", warm_calls), ("steady state", measured_calls)] if warmup else [("cold start", calls)]
+    rows: list[tuple[str, str, dict[str, float], float | None]] = []
     for scenario in a.scenarios.split(","):
         worst = scenario == "worst"
         if worst:
@@ -302,18 +369,17 @@ def main() -> int:
                 kwargs["litellm_params"]["user_api_key_end_user_id"] = f"end-user-{bench_id}-{i}"
         ns = f"lsmbench-agg-{bench_id}-{scenario}"
         try:
-            print(f"[{scenario}] producing ...", file=sys.stderr)
-            sent = produce(calls, a.redis_url, ns, worst)
             config = MetricsConfig.from_litellm_settings({})
-            print(f"[{scenario}] applying {sent:,} events with one aggregator ...", file=sys.stderr)
-            result = asyncio.run(apply_backlog(a.redis_url, ns, sent, config))
+            what = " then ".join(f"{name} ({len(c):,} calls)" for name, c in phases)
+            print(f"[{scenario}] producing and applying with one aggregator: {what} ...", file=sys.stderr)
+            results = asyncio.run(apply_backlog(a.redis_url, ns, [c for _name, c in phases], worst, config))
         finally:
             _delete(sync, ns)
         lite = None
         if not a.skip_litellm:
             print(f"[{scenario}] LiteLLM's logger on {a.litellm_events:,} of the same calls ...", file=sys.stderr)
             lite = litellm_rate(calls[: a.litellm_events], worst)
-        rows.append((scenario, result, lite))
+        rows.extend((scenario, name, result, lite) for (name, _c), result in zip(phases, results, strict=True))
     for _ok, kwargs, *_rest in calls:
         kwargs["litellm_params"]["user_api_key_end_user_id"] = None
     lat = None
@@ -321,28 +387,36 @@ def main() -> int:
         ns = f"lsmbench-agg-{bench_id}-latency"
         try:
             print(f"[latency] {a.rate:,.0f} events/s for {a.latency_seconds:g} s ...", file=sys.stderr)
-            lat = asyncio.run(latency(a.redis_url, ns, calls, a.rate, a.latency_seconds))
+            lat = asyncio.run(latency(a.redis_url, ns, measured_calls, a.rate, a.latency_seconds))
         finally:
             _delete(sync, ns)
+    if warmup:
+        print(f"cold start: the first {warmup:,} events; steady state: {a.events:,} events after those.")
+    else:
+        print(f"cold start: {a.events:,} events, no warm-up.")
     print(
-        "| scenario | events | aggregator events/s (one process) | aggregator CPU µs/event | "
-        "Redis CPU µs/event | series | Redis bytes/series | LiteLLM logger events/s (one core) |"
+        "| scenario | phase | events | aggregator events/s (one process) | aggregator CPU µs/event | "
+        "Redis CPU µs/event | series | new series | Redis bytes/new series | LiteLLM logger events/s (one core) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for scenario, r, lite in rows:
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for scenario, phase, r, lite in rows:
+        per_series = r["redis_bytes_per_series"]
         print(
-            f"| {scenario} | {r['events']:,.0f} | {r['events_per_s']:,.0f} | {r['cpu_us_per_event']:.1f} | "
-            f"{r['redis_cpu_us_per_event']:.1f} | {r['series']:,.0f} | {r['redis_bytes_per_series']:,.0f} | "
-            f"{'-' if lite is None else f'{lite:,.0f}'} |"
+            f"| {scenario} | {phase} | {r['events']:,.0f} | {r['events_per_s']:,.0f} | {r['cpu_us_per_event']:.1f} | "
+            f"{r['redis_cpu_us_per_event']:.1f} | {r['series']:,.0f} | {r['new_series']:,.0f} | "
+            f"{'-' if math.isnan(per_series) else f'{per_series:,.0f}'} | {'-' if lite is None else f'{lite:,.0f}'} |"
         )
     print()
-    print("| scenario | batches | engine µs/event | decode µs/event | encode µs/event | rest of the process µs/event |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for scenario, r, _lite in rows:
+    print(
+        "| scenario | phase | batches | engine µs/event | decode µs/event | encode µs/event "
+        "| rest of the process µs/event |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for scenario, phase, r, _lite in rows:
         rest = r["cpu_us_per_event"] - r["engine_us_per_event"] - r["decode_us_per_event"] - r["encode_us_per_event"]
         print(
-            f"| {scenario} | {r['batches']:,.0f} | {r['engine_us_per_event']:.1f} | {r['decode_us_per_event']:.1f} | "
-            f"{r['encode_us_per_event']:.1f} | {rest:.1f} |"
+            f"| {scenario} | {phase} | {r['batches']:,.0f} | {r['engine_us_per_event']:.1f} | "
+            f"{r['decode_us_per_event']:.1f} | {r['encode_us_per_event']:.1f} | {rest:.1f} |"
         )
     if lat is not None:
         print()
