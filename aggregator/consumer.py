@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from aggregator.apply import ApplyResult, DeadEntry, PendingEntry, ShardApplier
-from aggregator.engine import paused_gc
+from aggregator.gc_pause import GC_PAUSE, paused_gc
 from aggregator.housekeeping import Housekeeper
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
@@ -157,6 +157,7 @@ class ShardConsumer:
                 finally:
                     if applying is not None:
                         await applying
+                    current = None  # applied: its objects go now (and with them its GC pause)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -224,12 +225,16 @@ class ShardConsumer:
         if check_deliveries:
             deliveries = await self._delivery_counts([_text(i) for i, _ in entries])
         keeper = self._start_keeper([_text(i) for i, _ in entries])
+        GC_PAUSE.hold()  # until the batch is applied and dropped (see gc_pause.py)
         try:
             # In a worker thread: the event loop stays free to keep the batch's entries claimed.
             batch = await asyncio.to_thread(self._prepare, entries, deliveries)
         except BaseException:
             keeper.cancel()
+            GC_PAUSE.release()
             raise
+        GC_PAUSE.hold_while_alive(batch)
+        GC_PAUSE.release()
         batch.keeper = keeper
         batch.entries_read = len(entries)
         batch.started = started

@@ -17,17 +17,16 @@ are read (:meth:`Engine._success_values`) and added to the delta through the pla
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from aggregator.catalog import CATALOG
+from aggregator.gc_pause import paused_gc
 from aggregator.litellm_config import MetricsConfig
 from aggregator.state import MAX_ABS_AMOUNT, REMOVE, Delta, Key, encode_series, metric_key
 from producer import wire
@@ -174,22 +173,6 @@ PLAN_CACHE_SIZE = 20_000
 # deployment series: a plan is mostly built from strings encoded before. Both caches together
 # peak at about 220 MiB when every event is a new caller (measured with end-user labels on).
 SERIES_CACHE_SIZE = 100_000
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a batch is decoded and built. Neither makes
-    reference cycles, but both allocate many containers (event dicts, value lists, delta
-    entries), and with the caches and a large batch alive every collection walks them all: a
-    third of the build time and two thirds of the decoding time, measured. Reference counting
-    still frees everything; a collection runs soon after the pause."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _make_room(cache: dict[Any, Any], size: int) -> None:
