@@ -35,6 +35,9 @@ class AggregatorSettings(BaseModel):
     litellm_config: str | None = None
     # Reading: entries per read, blocking time (must stay below the socket timeout).
     read_count: int = Field(100, ge=1, le=10_000)
+    # Events per apply script, about (entries are never split): Redis runs nothing else while a
+    # script runs, so fewer entries are read at a time when entries are large.
+    apply_max_events: int = Field(5_000, ge=1)
     block_seconds: float = Field(1.0, gt=0)
     socket_timeout: float = Field(5.0, gt=0)
     connect_timeout: float = Field(2.0, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -153,6 +154,34 @@ async def test_undecodable_entries_are_dead_lettered(
     stats = redis_client.hgetall(keys.shard_stats(0))
     assert stats[b"dead_unknown_major"] == b"1" and stats[b"dead_undecodable"] == b"1"
     assert good
+
+
+async def test_an_apply_script_gets_about_apply_max_events(
+    aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    """Large entries: fewer are read at once, so no script holds Redis for a huge batch."""
+    keys = Keys(namespace)
+    built: list[int] = []
+
+    def recording(entries: Sequence[PendingEntry]) -> Delta:
+        built.append(sum(len(e.events) for e in entries))
+        return count_events(entries)
+
+    s = settings(redis_url, namespace, read_count=50, apply_max_events=250, block_seconds=0.05)
+    consumer = ShardConsumer(aclient, s, 0, recording)
+    for seq in range(1, 21):
+        xadd(redis_client, keys, "p1", seq, [1] * 100)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    for _ in range(1000):
+        if totals(redis_client, keys).get('["p1"]') == 2000.0:
+            break
+        await asyncio.sleep(0.02)
+    stop.set()
+    await task
+    assert totals(redis_client, keys) == {'["p1"]': 2000.0}
+    assert max(built) <= 250, built  # 2 entries of 100 events per batch, not 20
+    assert len(built) >= 10
 
 
 async def test_trim_removes_only_processed_entries(
