@@ -140,12 +140,23 @@ class CpuSplit:
 
 
 async def apply_backlog(
-    redis_url: str, namespace: str, phases: list[list[pb.Call]], end_users: bool, config: MetricsConfig
+    redis_url: str,
+    namespace: str,
+    phases: list[list[pb.Call]],
+    end_users: bool,
+    config: MetricsConfig,
+    apply_max_events: int = 5_000,
 ) -> list[dict[str, float]]:
     """For each phase in turn: its calls through the real producer (untimed, the aggregator
     stopped), then the one aggregator (same engine, same consumer for every phase, so its caches
     stay warm) applies them, timed. One result per phase."""
-    settings = AggregatorSettings(redis_url=redis_url, namespace=namespace, consumer_name="bench", read_count=100)
+    settings = AggregatorSettings(
+        redis_url=redis_url,
+        namespace=namespace,
+        consumer_name="bench",
+        read_count=100,
+        apply_max_events=apply_max_events,
+    )
     engine = Engine(config)
     client = create_client(settings)
     split = CpuSplit()
@@ -339,6 +350,9 @@ def main() -> int:
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--skip-litellm", action="store_true")
+    p.add_argument(
+        "--apply-max-events", type=int, default=5_000, help="the aggregator's LSM_APPLY_MAX_EVENTS (default 5000)"
+    )
     p.add_argument("--scenarios", default="realistic,worst", help="comma-separated (default realistic,worst)")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument(
@@ -372,7 +386,9 @@ def main() -> int:
             config = MetricsConfig.from_litellm_settings({})
             what = " then ".join(f"{name} ({len(c):,} calls)" for name, c in phases)
             print(f"[{scenario}] producing and applying with one aggregator: {what} ...", file=sys.stderr)
-            results = asyncio.run(apply_backlog(a.redis_url, ns, [c for _name, c in phases], worst, config))
+            results = asyncio.run(
+                apply_backlog(a.redis_url, ns, [c for _name, c in phases], worst, config, a.apply_max_events)
+            )
         finally:
             _delete(sync, ns)
         lite = None
