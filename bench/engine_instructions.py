@@ -76,7 +76,8 @@ def main() -> int:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     once, twice = _instructions(a, 1), _instructions(a, 2)
-    print(f"warm build_delta: {(twice - once) / a.events:,.0f} instructions per event ({a.events:,} events, {a.identities})")
+    per_event = (twice - once) / a.events
+    print(f"warm build_delta: {per_event:,.0f} instructions per event ({a.events:,} events, {a.identities})")
     return 0
 
 
