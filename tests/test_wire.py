@@ -20,6 +20,8 @@ from producer.wire import (
     F_PRODUCER,
     F_SEQ,
     F_VERSION,
+    SUCCESS,
+    SUCCESS_FIELDS,
     WIRE_MAJOR,
     WIRE_MINOR,
     WIRE_VERSION,
@@ -310,3 +312,17 @@ def test_encode_event_never_raises_on_unserialisable_str() -> None:
             raise RuntimeError("no repr")
 
     assert orjson.loads(encode_event({"kind": "success", "x": Broken()}))["x"] == "broken"
+
+
+@pytest.mark.parametrize("extra", [0, -20, 3])
+def test_positional_success_events_decode_to_every_field(extra: int) -> None:
+    """Exactly as many values as fields (the usual case), fewer (missing trailing fields are
+    null) or more (extra values, from a newer producer, are ignored)."""
+    n = len(SUCCESS_FIELDS)
+    row = [SUCCESS, *range(1, n + extra)]
+    [event] = decode_entry(_entry(events=[row])).events
+    assert list(event) == list(SUCCESS_FIELDS)
+    assert event["kind"] == SUCCESS
+    values = [event[name] for name in SUCCESS_FIELDS[1:]]
+    expected = list(range(1, n + extra))[: n - 1]
+    assert values == expected + [None] * (n - 1 - len(expected))
