@@ -71,6 +71,11 @@ AGGREGATOR_ENV = {
     "LSM_LOG_LEVEL": "INFO",
     "LSM_HTTP_PORT": "0",
     "LSM_METRICS_BEARER_TOKEN": "test-token",
+    # The chaos kills an aggregator about every second, so on a slow machine one batch can be
+    # held by consumers that die five times in a row; with the default (5) such healthy entries
+    # would be dead-lettered, which is what max_deliveries is for (an entry that keeps killing
+    # its workers) but not what this test is about. tests/test_poison.py covers the limit.
+    "LSM_MAX_DELIVERIES": "1000",
 }
 
 
@@ -541,9 +546,14 @@ def assert_exact(run: Run, produced: dict[str, Any]) -> dict[str, int]:
         families = read_families(client, keys, engine)
     finally:
         client.close()
-    assert dead == [], "dead-lettered: " + ", ".join(
-        f"{f[b'dead_entry_id'].decode()} {f[b'dead_reason'].decode()} ({f[b'dead_detail'].decode()})" for _, f in dead
-    )
+    if dead:  # the reasons, without the payloads
+        pytest.fail(
+            "dead-lettered: "
+            + ", ".join(
+                f"{f[b'dead_entry_id'].decode()} {f[b'dead_reason'].decode()} ({f[b'dead_detail'].decode()})"
+                for _, f in dead
+            )
+        )
     assert stats["events_applied"] == n, stats
     assert stats["entries_applied"] == produced["entries_sent"], stats
     assert stats.get("events_applied_success") == n, stats

@@ -406,3 +406,45 @@ async def test_failing_periodic_jobs_do_not_stop_consumption(
     assert client.hget(s.keys.metric(0, "c", "events:0"), '["all"]') == b"20"
     assert consumer.counters.errors > 0
     client.close()
+
+
+async def test_an_entry_delivered_too_many_times_is_dead_lettered(private_server: LocalServer) -> None:
+    """An entry that keeps killing its consumers (here: read and never acknowledged, as by a
+    worker that dies on it) is dead-lettered with its payload once it has been delivered more
+    than ``max_deliveries`` times; one delivery fewer and it is still applied."""
+    client = redis.Redis.from_url(private_server.url)
+    s = Stream(client, "lsmpoison4")
+    client.xgroup_create(s.stream, GROUP, id="0", mkstream=True)
+    s.entry("p", [{"kind": "x", "t": 1.0}], seq=1)
+    at_limit = s.entry("p", [{"kind": "x", "t": 1.0}], seq=2)
+    over = s.bad("too_many_deliveries", valid_fields([{"kind": "x", "t": 1.0, "boom": True}], producer="p", seq=3))
+    # A consumer that crashes on the batch four times (delivery 1, then its own pending re-read
+    # after each restart), and on the last entry once more.
+    client.xreadgroup(GROUP, "crashed", {s.stream: ">"})
+    for _ in range(3):
+        client.xreadgroup(GROUP, "crashed", {s.stream: "0"})
+    client.xclaim(s.stream, GROUP, "crashed", 0, [over])  # XCLAIM counts a delivery too
+    pending = {
+        r["message_id"].decode(): r["times_delivered"] for r in client.xpending_range(s.stream, GROUP, "-", "+", 10)
+    }
+    assert pending[at_limit] == 4 and pending[over] == 5
+    # The aggregator takes them over (one more delivery each): 5 deliveries are allowed, 6 are not.
+    consumer, stop, task = await run_consumer(
+        private_server, "lsmpoison4", claim_min_idle=0.2, claim_interval=0.05, max_deliveries=5
+    )
+    try:
+        await wait_drained(client, s.stream, timeout=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await consumer.client.aclose()
+    assert client.hget(s.keys.metric(0, "c", "events:0"), '["all"]') == b"2"
+    dead = [(f[b"dead_entry_id"].decode(), f) for _, f in client.xrange(s.keys.dead_letters(0))]
+    assert [(i, f[b"dead_reason"], f[b"dead_detail"]) for i, f in dead] == [
+        (over, b"too_many_deliveries", b"6 deliveries")
+    ]
+    assert {k[5:]: v for k, v in dead[0][1].items() if k.startswith(b"orig_")} == s.written[over]
+    stats = {k.decode(): int(v) for k, v in client.hgetall(s.keys.shard_stats(0)).items()}
+    assert stats["dead_too_many_deliveries"] == 1 and stats["events_applied"] == 2
+    assert client.xpending(s.stream, GROUP)["pending"] == 0  # type: ignore[index]
+    client.close()
