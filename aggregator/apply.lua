@@ -7,16 +7,20 @@
 --       np, producer ids (np),
 --       ne, ne x (entry id, producer index, seq, events, assumed_duplicate 0/1),
 --       nd, nd x (entry id, reason, detail, producer index or 0, seq or 0),
+--       ns, ns series strings (each once; the updates below refer to them by number),
 --       then one JSON document with the metric updates (one argument instead of hundreds of
 --       thousands: the client's command packing and the server's argument parsing stay cheap):
---       {"i": [key index, field, amount, ...],                        -- HINCRBYFLOAT
---        "g": [value key index, time key index, field, t, value or "" to remove, ...],
+--       {"i": [key index, series, amount, ...],                       -- HINCRBYFLOAT
+--        "h": [key index, series, n, n x (bucket, count), sum, count, ...],   -- histograms
+--        "g": [value key index, time key index, series, t, value or "" to remove, ...],
 --        "s": [stats field, increment, ...],                          -- e.g. rejected events
 --        "r": 1 to record every gauge removal (several shards), else 0,
 --        "p": [[index key index, cap or 0, overflow series, metric name], ...],   -- series limits
---        "x": [[policy, "c", key index, field, amount],                -- updates of limited series
---              [policy, "h", key index, series, part, amount, ...],
---              [policy, "g", value key index, time key index, field, t, value or ""], ...]}
+--        "x": [[policy, "c", key index, series, amount],               -- updates of limited series
+--              [policy, "h", key index, series, n, n x (bucket, count), sum, count],
+--              [policy, "g", value key index, time key index, series, t, value or ""], ...]}
+--       where "series" is the number of a series string. A histogram series' fields are
+--       <series>\31b<bucket>, <series>\31s (sum) and <series>\31c (count).
 --
 -- Nothing is written unless every entry is still pending for this consumer and every
 -- duplicate assumption holds; otherwise the reply says what the caller must change:
@@ -44,6 +48,9 @@ for d = 1, nd do
               p = tonumber(ARGV[i + 3]), seq = tonumber(ARGV[i + 4])}
   i = i + 5
 end
+local nstr = tonumber(ARGV[i])
+local sbase = i
+i = i + 1 + nstr
 
 local function owned(id)
   local rows = redis.call("XPENDING", stream, group, id, id, 1, consumer)
@@ -76,9 +83,27 @@ end
 -- Phase 2: apply. Every check is done; nothing below can fail on valid input.
 local delta = cjson.decode(ARGV[i])
 local mbase = 5 + np
-local incs, gauges = delta["i"], delta["g"]
+local incs, hists, gauges = delta["i"], delta["h"], delta["g"]
 for k = 1, #incs, 3 do
-  redis.call("HINCRBYFLOAT", KEYS[mbase + incs[k]], incs[k + 1], incs[k + 2])
+  redis.call("HINCRBYFLOAT", KEYS[mbase + incs[k]], ARGV[sbase + incs[k + 1]], incs[k + 2])
+end
+-- One histogram series at op[k]: key index, series, n, n x (bucket, count), sum, count. Returns
+-- the index of the next one. Bucket counts and the count are whole numbers of observations
+-- (they never get near HINCRBY's 2^63 limit): HINCRBY, a third of HINCRBYFLOAT's cost.
+local function observe(op, k, key, series)
+  local n = op[k + 2]
+  local j = k + 3
+  for _ = 1, n do
+    redis.call("HINCRBY", key, series .. "\31b" .. op[j], op[j + 1])
+    j = j + 2
+  end
+  redis.call("HINCRBYFLOAT", key, series .. "\31s", op[j])
+  redis.call("HINCRBY", key, series .. "\31c", op[j + 1])
+  return j + 2
+end
+local k = 1
+while k <= #hists do
+  k = observe(hists, k, KEYS[mbase + hists[k]], ARGV[sbase + hists[k + 1]])
 end
 -- With several shards a series may hold its value in another shard: a removal must then be
 -- recorded even where there is nothing to delete, so that readers let it hide older values.
@@ -98,7 +123,8 @@ local function set_gauge(vkey, tkey, field, t, value)
   end
 end
 for k = 1, #gauges, 5 do
-  set_gauge(KEYS[mbase + gauges[k]], KEYS[mbase + gauges[k + 1]], gauges[k + 2], gauges[k + 3], gauges[k + 4])
+  set_gauge(KEYS[mbase + gauges[k]], KEYS[mbase + gauges[k + 1]], ARGV[sbase + gauges[k + 2]], gauges[k + 3],
+            gauges[k + 4])
 end
 
 -- Limited series: a new series is admitted while its index holds fewer than the cap; past it a
@@ -117,16 +143,17 @@ for _, op in ipairs(delta["x"] or {}) do
   local pol = policies[op[1]]
   local kind = op[2]
   if kind == "g" then
+    local series = ARGV[sbase + op[5]]
     if op[7] == "" then
-      set_gauge(KEYS[mbase + op[3]], KEYS[mbase + op[4]], op[5], op[6], op[7])
-      redis.call("HDEL", KEYS[mbase + pol[1]], op[5])
-    elseif admit(pol, op[5]) then
-      set_gauge(KEYS[mbase + op[3]], KEYS[mbase + op[4]], op[5], op[6], op[7])
+      set_gauge(KEYS[mbase + op[3]], KEYS[mbase + op[4]], series, op[6], op[7])
+      redis.call("HDEL", KEYS[mbase + pol[1]], series)
+    elseif admit(pol, series) then
+      set_gauge(KEYS[mbase + op[3]], KEYS[mbase + op[4]], series, op[6], op[7])
     else
       redis.call("HINCRBY", stats, "series_dropped:" .. pol[4], 1)
     end
   else
-    local series = op[4]
+    local series = ARGV[sbase + op[4]]
     if not admit(pol, series) then
       series = pol[3]
       redis.call("HINCRBY", stats, "series_overflow:" .. pol[4], 1)
@@ -135,7 +162,7 @@ for _, op in ipairs(delta["x"] or {}) do
     if kind == "c" then
       redis.call("HINCRBYFLOAT", key, series, op[5])
     else
-      for k = 5, #op, 2 do redis.call("HINCRBYFLOAT", key, series .. "\31" .. op[k], op[k + 1]) end
+      observe(op, 3, key, series)
     end
   end
 end

@@ -21,7 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from aggregator.series_limits import MetricLimits
-from aggregator.state import Delta, format_number, histogram_field
+from aggregator.state import Delta, format_number
 from producer.keys import Keys
 
 _SCRIPT = resources.files("aggregator").joinpath("apply.lua").read_text()
@@ -164,28 +164,39 @@ class ShardApplier:
                 idx = policy_index[pk] = len(policies)
             return idx
 
+        # Each series string travels once per batch, as its own argument (no JSON escaping, no
+        # JSON decoding in Redis); the updates refer to it by number. Series repeat a lot: one
+        # label set serves several metrics, and a histogram series has several fields.
+        strings: dict[str, int] = {}
+
+        def ref(series: str) -> int:
+            idx = strings.get(series)
+            if idx is None:
+                idx = strings[series] = len(strings) + 1
+            return idx
+
         incs: list[str | int] = []
+        hists: list[str | int] = []
         capped: list[list[str | int]] = []
         for (mkey, series), amount in delta.counters.items():
             if limits and (pol := limited(mkey, series)):
-                capped.append([pol, "c", key_index("c", mkey), series, format_number(amount)])
+                capped.append([pol, "c", key_index("c", mkey), ref(series), format_number(amount)])
             else:
-                incs += [key_index("c", mkey), series, format_number(amount)]
+                incs += [key_index("c", mkey), ref(series), format_number(amount)]
         for (mkey, series), h in delta.histograms.items():
-            ki = key_index("h", mkey)
-            parts: list[str | int] = []
+            op: list[str | int] = [key_index("h", mkey), ref(series), 0]
             for b, n in enumerate(h.buckets):
                 if n:
-                    parts += [f"b{b}", str(n)]
-            parts += ["s", format_number(h.total), "c", str(h.count)]
+                    op += [b, n]
+            op[2] = (len(op) - 3) // 2
+            op += [format_number(h.total), h.count]
             if limits and (pol := limited(mkey, series)):
-                capped.append([pol, "h", ki, series, *parts])
+                capped.append([pol, "h", *op])
             else:
-                for j in range(0, len(parts), 2):
-                    incs += [ki, histogram_field(series, str(parts[j])), parts[j + 1]]
+                hists += op
         gauges: list[str | int] = []
         for (mkey, series), (t, value) in delta.gauges.items():
-            op: list[str | int] = [key_index("g", mkey), key_index("gt", mkey), series, repr(t)]
+            op = [key_index("g", mkey), key_index("gt", mkey), ref(series), repr(t)]
             op.append("" if value is None else format_number(value))
             if limits and (pol := limited(mkey, series)):
                 capped.append([pol, "g", *op])
@@ -196,7 +207,9 @@ class ShardApplier:
             counts += [name, n]
         # cjson decodes an empty array as an (equally empty) object: both iterate as nothing.
         record_removals = 1 if k.shards > 1 else 0
-        document = {"i": incs, "g": gauges, "s": counts, "p": policies, "x": capped, "r": record_removals}
+        document = {"i": incs, "h": hists, "g": gauges, "s": counts, "p": policies, "x": capped, "r": record_removals}
+        args.append(len(strings))
+        args += strings  # in number order (dicts keep insertion order)
         args.append(orjson.dumps(document).decode())
         for kind_mkey in mkeys:  # in index order (dicts keep insertion order)
             full = names.get(kind_mkey)

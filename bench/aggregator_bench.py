@@ -74,6 +74,13 @@ def _redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def _script_seconds(client: redis.Redis) -> float:
+    """Seconds Redis has spent running scripts by SHA (the apply script; INFO commandstats).
+    Read before and after, never reset: the Redis may have other users."""
+    info: Any = client.info("commandstats")
+    return float(info.get("cmdstat_evalsha", {}).get("usec", 0)) / 1e6
+
+
 def _namespace_memory(client: redis.Redis, namespace: str) -> int:
     """Bytes of every key of the namespace (MEMORY USAGE, every field counted): unlike the
     server's used_memory, not moved by other users of the same Redis."""
@@ -182,6 +189,7 @@ async def apply_backlog(
                 split.seconds[part] = 0.0
             batches0 = consumer.counters.batches
             rcpu0 = _redis_cpu(sync)
+            script0 = _script_seconds(sync)
             cpu0 = time.process_time()
             t0 = time.perf_counter()
             stop = asyncio.Event()
@@ -196,6 +204,7 @@ async def apply_backlog(
             wall = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
             rcpu = _redis_cpu(sync) - rcpu0
+            script = _script_seconds(sync) - script0
             stop.set()
             await task
             batches = consumer.counters.batches - batches0
@@ -217,6 +226,7 @@ async def apply_backlog(
                     "events_per_s": sent / wall,
                     "cpu_us_per_event": cpu * 1e6 / sent,
                     "redis_cpu_us_per_event": rcpu * 1e6 / sent,
+                    "script_us_per_event": script * 1e6 / sent,
                     "series": series,
                     "new_series": new_series,
                     "redis_bytes_per_series": mem / new_series if new_series > 0 else float("nan"),
@@ -425,14 +435,15 @@ def main() -> int:
     print()
     print(
         "| scenario | phase | batches | engine µs/event | decode µs/event | encode µs/event "
-        "| rest of the process µs/event |"
+        "| rest of the process µs/event | Redis: apply script µs/event |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for scenario, phase, r, _lite in rows:
         rest = r["cpu_us_per_event"] - r["engine_us_per_event"] - r["decode_us_per_event"] - r["encode_us_per_event"]
         print(
             f"| {scenario} | {phase} | {r['batches']:,.0f} | {r['engine_us_per_event']:.1f} | "
-            f"{r['decode_us_per_event']:.1f} | {r['encode_us_per_event']:.1f} | {rest:.1f} |"
+            f"{r['decode_us_per_event']:.1f} | {r['encode_us_per_event']:.1f} | {rest:.1f} | "
+            f"{r['script_us_per_event']:.1f} |"
         )
     if lat is not None:
         print()
