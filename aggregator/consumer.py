@@ -3,8 +3,11 @@
 Order of work: first this consumer's own pending entries (left by a previous run under the
 same name), then new entries with a blocking read that is shorter than the socket timeout.
 Every ``claim_interval`` entries pending at other consumers for longer than ``claim_min_idle``
-are claimed (XAUTOCLAIM); an entry delivered more than ``max_deliveries`` times is
-dead-lettered instead of applied. From the moment a batch is read until it is applied its
+are claimed (XAUTOCLAIM). An entry delivered more than ``max_deliveries`` times is applied
+alone, before the rest of its batch: a batch whose consumers keep dying (killed, OOM, a crash
+the entry itself causes) does not take healthy entries with it, and a healthy entry applied
+alone is done in milliseconds. One still not applied after ``max_isolated_attempts``
+deliveries alone is dead-lettered. From the moment a batch is read until it is applied its
 entries' idle time is kept low, so a live consumer that is merely slow keeps its batch.
 Housekeeping (trimming processed entries, removing dead consumers, detecting lost entries) runs
 every ``housekeeping_interval``.
@@ -68,6 +71,8 @@ class ConsumerCounters:
     duplicate_entries: int = 0
     dead_entries: int = 0
     claimed_entries: int = 0
+    # Entries delivered more than max_deliveries times, applied (or dead-lettered) alone.
+    isolated_entries: int = 0
     not_owned_entries: int = 0
     apply_seconds_sum: float = 0.0
     apply_seconds_max: float = 0.0
@@ -156,7 +161,7 @@ class ShardConsumer:
                 applying = asyncio.create_task(self._apply(current)) if current else None
                 try:
                     if entries:
-                        ahead = await self._prepare_batch(entries)
+                        ahead = await self._prepare_batch(entries, {})
                 finally:
                     if applying is not None:
                         await applying
@@ -204,7 +209,7 @@ class ShardConsumer:
             entries = [(i, f) for i, f in entries if f]  # deleted entries come back with no fields
             if not entries:
                 return
-            await self.process(entries, check_deliveries=True)
+            await self._process_redelivered(entries)
             start = _text(entries[-1][0])
 
     async def _claim_stale(self, stop: asyncio.Event) -> None:
@@ -220,21 +225,35 @@ class ShardConsumer:
             if claimed:
                 self.counters.claimed_entries += len(claimed)
                 log.info("shard %s: claimed %d stale entries", self.shard, len(claimed))
-                await self.process(claimed, check_deliveries=True)
+                await self._process_redelivered(claimed)
             if start == "0-0":
                 return
 
-    async def process(self, entries: Sequence[tuple[Any, Any]], check_deliveries: bool = False) -> ApplyResult:
-        """Decode, build the delta and apply one batch."""
-        return await self._apply(await self._prepare_batch(entries, check_deliveries))
+    async def process(self, entries: Sequence[tuple[Any, Any]]) -> ApplyResult:
+        """Decode, build the delta and apply one batch of first deliveries."""
+        return await self._apply(await self._prepare_batch(entries, {}))
 
-    async def _prepare_batch(self, entries: Sequence[tuple[Any, Any]], check_deliveries: bool = False) -> _Prepared:
+    async def _process_redelivered(self, entries: Sequence[tuple[Any, Any]]) -> None:
+        """Entries delivered before (this consumer's own after a restart, or claimed): those
+        delivered more than ``max_deliveries`` times one by one and first, then the rest."""
+        deliveries = await self._delivery_counts([_text(i) for i, _ in entries])
+        limit = self.settings.max_deliveries
+        rest = []
+        for entry in entries:
+            n = deliveries.get(_text(entry[0]), 0)
+            if n > limit:
+                self.counters.isolated_entries += 1
+                log.info("shard %s: entry %s delivered %d times: applying it alone", self.shard, _text(entry[0]), n)
+                await self._apply(await self._prepare_batch([entry], deliveries))
+            else:
+                rest.append(entry)
+        if rest:
+            await self._apply(await self._prepare_batch(rest, deliveries))
+
+    async def _prepare_batch(self, entries: Sequence[tuple[Any, Any]], deliveries: Mapping[str, int]) -> _Prepared:
         """Decode a batch and build its delta; from now until it is applied, the batch's entries
         are kept claimed (see _keep_owned)."""
         started = time.perf_counter()
-        deliveries: dict[str, int] = {}
-        if check_deliveries:
-            deliveries = await self._delivery_counts([_text(i) for i, _ in entries])
         keeper = self._start_keeper([_text(i) for i, _ in entries])
         GC_PAUSE.hold()  # until the batch is applied and dropped (see gc_pause.py)
         try:
@@ -258,7 +277,7 @@ class ShardConsumer:
         try:
             result = await self.applier.apply(pending, dead, _guarded(batch.builder(self.build_delta)), time.time())
         except _EngineError:
-            # An event the engine cannot handle must not block (and, after max_deliveries,
+            # An event the engine cannot handle must not block (and, after too many deliveries,
             # dead-letter) the whole batch: dead-letter just the entries that fail.
             pending, dead = self._isolate_engine_errors(pending, dead)
             result = await self.applier.apply(pending, dead, self.build_delta, time.time())
@@ -296,21 +315,22 @@ class ShardConsumer:
     ) -> tuple[list[PendingEntry], list[DeadEntry]]:
         pending: list[PendingEntry] = []
         dead: list[DeadEntry] = []
+        s = self.settings
         for raw_id, fields in entries:
             entry_id = _text(raw_id)
-            if deliveries.get(entry_id, 0) > self.settings.max_deliveries:
-                dead.append(
-                    DeadEntry(entry_id, "too_many_deliveries", f"{deliveries[entry_id]} deliveries", *_header(fields))
-                )
+            n = deliveries.get(entry_id, 0)
+            if n > s.max_deliveries + s.max_isolated_attempts:
+                detail = f"{n} deliveries; not applied in {n - 1 - s.max_deliveries} attempts alone"
+                dead.append(DeadEntry(entry_id, "too_many_deliveries", detail, *_header(fields)))
                 continue
             size = len(fields.get(F_DATA.encode(), b""))
-            if size > self.settings.max_entry_bytes:  # decode_entry bounds only decompressed data
-                limit = self.settings.max_entry_bytes
+            if size > s.max_entry_bytes:  # decode_entry bounds only decompressed data
+                limit = s.max_entry_bytes
                 detail = f"{size} bytes of events; the limit is {limit}"
                 dead.append(DeadEntry(entry_id, "too_large", detail, *_header(fields)))
                 continue
             try:
-                entry = decode_entry(fields, self.settings.max_entry_bytes)
+                entry = decode_entry(fields, s.max_entry_bytes)
             except WireError as exc:
                 dead.append(DeadEntry(entry_id, exc.reason, exc.detail, *_header(fields)))
                 continue

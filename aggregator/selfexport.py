@@ -69,6 +69,10 @@ class ProcessCollector:
             "duplicate_entries": ("duplicate_entries", "Entries found to be already applied (producer retries)"),
             "dead_entries": ("dead_entries", "Entries this process dead-lettered"),
             "claimed_entries": ("claimed_entries", "Entries this process claimed from idle consumers"),
+            "isolated_entries": (
+                "isolated_entries",
+                "Entries delivered more than LSM_MAX_DELIVERIES times, applied (or dead-lettered) alone",
+            ),
             "not_owned_entries": ("not_owned_entries", "Entries claimed away from this process before it applied"),
             "errors": ("errors", "Errors while reading or applying (retried)"),
         }

@@ -44,7 +44,10 @@ class AggregatorSettings(BaseModel):
     # Recovery from dead consumers.
     claim_min_idle: float = Field(30.0, gt=0)
     claim_interval: float = Field(5.0, gt=0)
+    # An entry delivered more than max_deliveries times is applied alone, ahead of its batch; one
+    # not applied after max_isolated_attempts more deliveries (alone) is dead-lettered.
     max_deliveries: int = Field(5, ge=1)
+    max_isolated_attempts: int = Field(3, ge=1)
     dead_consumer_idle: float = Field(3600.0, gt=0)
     housekeeping_interval: float = Field(10.0, gt=0)
     max_entry_bytes: int = Field(64 * 1024 * 1024, ge=1024)

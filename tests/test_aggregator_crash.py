@@ -71,11 +71,9 @@ AGGREGATOR_ENV = {
     "LSM_LOG_LEVEL": "INFO",
     "LSM_HTTP_PORT": "0",
     "LSM_METRICS_BEARER_TOKEN": "test-token",
-    # The chaos kills an aggregator about every second, so on a slow machine one batch can be
-    # held by consumers that die five times in a row; with the default (5) such healthy entries
-    # would be dead-lettered, which is what max_deliveries is for (an entry that keeps killing
-    # its workers) but not what this test is about. tests/test_poison.py covers the limit.
-    "LSM_MAX_DELIVERIES": "1000",
+    # LSM_MAX_DELIVERIES / LSM_MAX_ISOLATED_ATTEMPTS stay at their defaults: the chaos kills an
+    # aggregator about every second, so on a slow machine a batch can die with its consumers more
+    # than five times; its entries must then be applied alone, never dead-lettered.
 }
 
 
@@ -230,17 +228,18 @@ class Slot:
 class Fleet:
     """Aggregator processes, one per slot; killed with SIGKILL and restarted by the test."""
 
-    def __init__(self, url: str, namespace: str, logdir: Path, size: int = 3) -> None:
+    def __init__(self, url: str, namespace: str, logdir: Path, env: dict[str, str], size: int = 3) -> None:
         self.url = url
         self.namespace = namespace
         self.logdir = logdir
+        self.env = {**AGGREGATOR_ENV, **env}
         self.slots = [Slot(i, f"agg{i}") for i in range(size)]
         self.starts = 0
         self.exits: list[tuple[str, int]] = []  # (consumer, code) of processes that ended by themselves
 
     def start(self, slot: Slot) -> None:
         env = dict(os.environ)
-        env.update(AGGREGATOR_ENV)
+        env.update(self.env)
         env.update(LSM_REDIS_URL=self.url, LSM_NAMESPACE=self.namespace, LSM_CONSUMER_NAME=slot.name)
         log = open(self.logdir / f"{slot.name}.log", "ab")  # noqa: SIM115 - owned by the process
         slot.process = subprocess.Popen(
@@ -348,6 +347,7 @@ class Run:
     redis_kills: int = 0
     seed: int = 0
     timeout: float = 180.0
+    aggregator_env: dict[str, str] = field(default_factory=dict)  # on top of AGGREGATOR_ENV
     chaos: Chaos = field(default_factory=Chaos)
 
 
@@ -402,7 +402,7 @@ def chaos_run(run: Run) -> dict[str, Any]:
     keys = Keys(run.namespace)
     stream = keys.stream(0)
     client = redis.Redis.from_url(run.server.url, socket_timeout=5, socket_connect_timeout=1)
-    fleet = Fleet(run.server.url, run.namespace, run.tmp)
+    fleet = Fleet(run.server.url, run.namespace, run.tmp, run.aggregator_env)
     out = run.tmp / "producer.json"
     chaos = run.chaos
     started = time.monotonic()
@@ -598,16 +598,25 @@ def test_aggregators_killed_at_random_apply_everything_exactly_once(
     produced = chaos_run(run)
     stats = assert_exact(run, produced)
     c = run.chaos
+    isolated = applied_alone(tmp_path)
     print(
         f"[kill] {c.kills} kills, {c.same_name_restarts} same-name / {c.new_name_restarts} new-name restarts, "
-        f"orphaned entries {c.orphaned_same_name} / {c.orphaned_new_name}; stats {stats}"
+        f"orphaned entries {c.orphaned_same_name} / {c.orphaned_new_name}, entries applied alone after "
+        f"more than 5 deliveries {isolated}; stats {stats}"
     )
     assert c.kills >= 12 and len(c.kills_per_slot) == 3 and min(c.kills_per_slot.values()) >= 2, c.kills_per_slot
     assert c.same_name_restarts and c.new_name_restarts
     assert c.orphaned_same_name > 0 and c.orphaned_new_name > 0, "a recovery path was not exercised"
 
 
+def applied_alone(logdir: Path) -> int:
+    """Entries the aggregators applied alone (delivered more than LSM_MAX_DELIVERIES times)."""
+    return sum(p.read_text(errors="replace").count("applying it alone") for p in logdir.glob("agg*.log"))
+
+
 def test_lost_producer_replies_are_not_counted_twice(private_server: LocalServer, tmp_path: Path) -> None:
+    """Also exercises the isolation of redelivered entries under the same chaos: every entry
+    delivered more than once is applied alone (LSM_MAX_DELIVERIES=1)."""
     rng = random.Random(2)
     proxy = ReplyLosingProxy(private_server.port, lambda: rng.random() < 0.15)
     try:
@@ -621,17 +630,22 @@ def test_lost_producer_replies_are_not_counted_twice(private_server: LocalServer
             producer_url=proxy.url,
             min_kills=6,
             seed=2,
+            aggregator_env={"LSM_MAX_DELIVERIES": "1", "LSM_MAX_ISOLATED_ATTEMPTS": "10"},
         )
         produced = chaos_run(run)
     finally:
         proxy.close()
     stats = assert_exact(run, produced)
+    c = run.chaos
+    isolated = applied_alone(tmp_path)
     print(
         f"[lost-replies] {proxy.dropped_replies} replies dropped, producer flush errors "
-        f"{produced['flush_errors']}, duplicate entries {stats.get('duplicate_entries', 0)}"
+        f"{produced['flush_errors']}, duplicate entries {stats.get('duplicate_entries', 0)}, "
+        f"entries applied alone {isolated} (orphaned by kills {c.orphaned_same_name + c.orphaned_new_name})"
     )
     assert proxy.dropped_replies > 0
     assert stats.get("duplicate_entries", 0) > 0
+    assert isolated > 0 or c.orphaned_same_name + c.orphaned_new_name == 0
 
 
 def test_redis_killed_and_restarted_mid_run(aof_server: LocalServer, tmp_path: Path) -> None:

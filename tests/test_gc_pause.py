@@ -95,7 +95,7 @@ async def test_a_batch_keeps_the_collector_paused_until_applied(
     await consumer.ensure_group()
     xadd(redis_client, keys, "p1", 1, [2, 3])
     raw = await aclient.xreadgroup(GROUP, "c1", {keys.stream(0): ">"}, count=10)
-    batch = await consumer._prepare_batch(raw[0][1])
+    batch = await consumer._prepare_batch(raw[0][1], {})
     assert not gc.isenabled(), "decoded and built, not applied: its objects must not be walked"
     await consumer._apply(batch)
     assert totals(redis_client, keys) == {'["p1"]': 5.0}

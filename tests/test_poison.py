@@ -408,29 +408,38 @@ async def test_failing_periodic_jobs_do_not_stop_consumption(
     client.close()
 
 
-async def test_an_entry_delivered_too_many_times_is_dead_lettered(private_server: LocalServer) -> None:
-    """An entry that keeps killing its consumers (here: read and never acknowledged, as by a
-    worker that dies on it) is dead-lettered with its payload once it has been delivered more
-    than ``max_deliveries`` times; one delivery fewer and it is still applied."""
+async def test_an_entry_delivered_too_many_times_is_applied_alone_then_dead_lettered(
+    private_server: LocalServer,
+) -> None:
+    """Entries whose consumers keep dying (here: read and never acknowledged, as by workers killed
+    while holding them) are applied one by one, ahead of the rest, once delivered more than
+    ``max_deliveries`` times; one still not applied after ``max_isolated_attempts`` more
+    deliveries is dead-lettered with its payload, unbuilt."""
     client = redis.Redis.from_url(private_server.url)
     s = Stream(client, "lsmpoison4")
     client.xgroup_create(s.stream, GROUP, id="0", mkstream=True)
-    s.entry("p", [{"kind": "x", "t": 1.0}], seq=1)
-    at_limit = s.entry("p", [{"kind": "x", "t": 1.0}], seq=2)
-    over = s.bad("too_many_deliveries", valid_fields([{"kind": "x", "t": 1.0, "boom": True}], producer="p", seq=3))
-    # A consumer that crashes on the batch four times (delivery 1, then its own pending re-read
-    # after each restart), and on the last entry once more.
+    event = {"kind": "x", "t": 1.0}
+    normal = s.entry("p", [event], seq=1)
+    alone_first = s.entry("p", [event], seq=2)
+    alone_last = s.entry("p", [event], seq=3)
+    over = s.bad("too_many_deliveries", valid_fields([{**event, "boom": True}], producer="p", seq=4))
+    # Consumers that died holding them: delivery 1, then re-reads and claims (each one counts).
     client.xreadgroup(GROUP, "crashed", {s.stream: ">"})
-    for _ in range(3):
-        client.xreadgroup(GROUP, "crashed", {s.stream: "0"})
-    client.xclaim(s.stream, GROUP, "crashed", 0, [over])  # XCLAIM counts a delivery too
+    for entry_id, more in ((alone_first, 4), (alone_last, 6), (over, 7)):
+        for _ in range(more):
+            client.xclaim(s.stream, GROUP, "crashed", 0, [entry_id])
     pending = {
         r["message_id"].decode(): r["times_delivered"] for r in client.xpending_range(s.stream, GROUP, "-", "+", 10)
     }
-    assert pending[at_limit] == 4 and pending[over] == 5
-    # The aggregator takes them over (one more delivery each): 5 deliveries are allowed, 6 are not.
+    assert pending == {normal: 1, alone_first: 5, alone_last: 7, over: 8}
+    # The aggregator claims them (one more delivery each): up to 5 in a batch, 6 to 8 alone, 9 never.
     consumer, stop, task = await run_consumer(
-        private_server, "lsmpoison4", claim_min_idle=0.2, claim_interval=0.05, max_deliveries=5
+        private_server,
+        "lsmpoison4",
+        claim_min_idle=0.2,
+        claim_interval=0.05,
+        max_deliveries=5,
+        max_isolated_attempts=3,
     )
     try:
         await wait_drained(client, s.stream, timeout=10)
@@ -438,13 +447,15 @@ async def test_an_entry_delivered_too_many_times_is_dead_lettered(private_server
         stop.set()
         await asyncio.wait_for(task, 10)
         await consumer.client.aclose()
-    assert client.hget(s.keys.metric(0, "c", "events:0"), '["all"]') == b"2"
+    assert client.hget(s.keys.metric(0, "c", "events:0"), '["all"]') == b"3"
+    assert consumer.counters.isolated_entries == 3
+    assert consumer.counters.batches == 4  # three entries alone, then the rest
     dead = [(f[b"dead_entry_id"].decode(), f) for _, f in client.xrange(s.keys.dead_letters(0))]
     assert [(i, f[b"dead_reason"], f[b"dead_detail"]) for i, f in dead] == [
-        (over, b"too_many_deliveries", b"6 deliveries")
+        (over, b"too_many_deliveries", b"9 deliveries; not applied in 3 attempts alone")
     ]
     assert {k[5:]: v for k, v in dead[0][1].items() if k.startswith(b"orig_")} == s.written[over]
     stats = {k.decode(): int(v) for k, v in client.hgetall(s.keys.shard_stats(0)).items()}
-    assert stats["dead_too_many_deliveries"] == 1 and stats["events_applied"] == 2
+    assert stats["dead_too_many_deliveries"] == 1 and stats["events_applied"] == 3
     assert client.xpending(s.stream, GROUP)["pending"] == 0  # type: ignore[index]
     client.close()
