@@ -1,4 +1,4 @@
-"""Command line: ``python -m aggregator run`` and ``python -m aggregator check-config``."""
+"""Command line: ``python -m aggregator run``, ``check-config`` and ``dead-letters``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import logging
 import os
 import sys
 
-from aggregator.daemon import describe, run_aggregator
+import redis
+
+from aggregator import dead_letters
+from aggregator.daemon import describe, run_aggregator, safe_url
 from aggregator.litellm_config import ConfigError, MetricsConfig
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
+from producer.keys import Keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +24,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", help="the LiteLLM proxy config.yaml (litellm_settings); or LSM_LITELLM_CONFIG")
     check = sub.add_parser("check-config", help="validate a LiteLLM config.yaml and list the resulting metrics")
     check.add_argument("config", help="the LiteLLM proxy config.yaml")
+    dead = sub.add_parser("dead-letters", help="list or replay entries that could not be applied (LSM_* settings)")
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="print the dead letters, oldest first")
+    replaying = actions.add_parser(
+        "replay", help="write dead letters' original entries back to the stream (once their cause is fixed)"
+    )
+    replaying.add_argument("--all", action="store_true", help="every dead letter")
+    replaying.add_argument("--dry-run", action="store_true", help="only print what would be replayed")
+    for action in (listing, replaying):
+        action.add_argument("ids", nargs="*", help="only these dead letter ids or original entry ids")
+        action.add_argument("--shard", type=int, help="only this shard (default: every shard)")
+        action.add_argument("--reason", action="append", default=[], help="only this reason (repeatable)")
     args = p.parse_args(argv)
+    if args.command == "dead-letters" and args.action == "replay" and not (args.all or args.ids or args.reason):
+        p.error("dead-letters replay: name dead letters (ids), --reason REASON, or --all")
     logging.basicConfig(
         level=os.environ.get("LSM_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -33,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             for warning in config.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             return 0
+        if args.command == "dead-letters":
+            return dead_letters_command(AggregatorSettings.load(), args)
         env = dict(os.environ)
         if args.config:
             env["LSM_LITELLM_CONFIG"] = args.config
@@ -42,6 +62,50 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, AggregatorConfigError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def dead_letters_command(settings: AggregatorSettings, args: argparse.Namespace) -> int:
+    """``dead-letters list`` / ``dead-letters replay``: one line per dead letter, then a count."""
+    keys = Keys(settings.namespace, settings.shards)
+    shards = range(settings.shards) if args.shard is None else [args.shard]
+    if not all(0 <= s < settings.shards for s in shards):
+        print(f"--shard must be between 0 and {settings.shards - 1} (LSM_SHARDS={settings.shards})", file=sys.stderr)
+        return 2
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout)
+    try:
+        found = replayed = 0
+        for shard in shards:
+            letters = list(
+                dead_letters.select(dead_letters.iter_dead_letters(client, keys, shard), args.reason, args.ids)
+            )
+            found += len(letters)
+            for letter in letters:
+                print(f"shard {shard}  {letter.line()}")
+            if args.action != "replay" or args.dry_run or not letters:
+                continue
+
+            def progress(done: int, total: int, shard: int = shard) -> None:
+                if done % 100 == 0 or done == total:
+                    print(f"shard {shard}: replayed {done:,}/{total:,}", file=sys.stderr)
+
+            result = dead_letters.replay(client, keys, shard, letters, progress)
+            replayed += sum(1 for new_id in result.values() if new_id is not None)
+        if args.action == "list":
+            print(f"{found:,} dead letters")
+        elif args.dry_run:
+            print(f"{found:,} dead letters would be replayed (dry run: nothing written)")
+        else:
+            skipped = found - replayed
+            print(
+                f"{replayed:,} dead letters replayed as producer {dead_letters.REPLAY_PRODUCER!r}"
+                + (f"; {skipped:,} skipped (replayed meanwhile, or no payload)" if skipped else "")
+            )
+        return 0
+    except redis.RedisError as exc:
+        print(f"cannot reach Redis at {safe_url(settings.redis_url)}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

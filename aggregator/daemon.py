@@ -88,7 +88,7 @@ class Aggregator:
             self.settings.namespace,
             self.settings.shards,
             self.settings.group,
-            _safe_url(self.settings.redis_url),
+            safe_url(self.settings.redis_url),
         )
         if self.server is not None:
             address = self.server.start()
@@ -116,7 +116,7 @@ class Aggregator:
         self.stop.set()
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its password, for logs."""
     if "@" not in url:
         return url

@@ -64,6 +64,10 @@ class Keys:
         """Stream of entries that could not be applied, with the reason and the original fields."""
         return self._shard_key(shard, "dead")
 
+    def replay_sequence(self, shard: int) -> str:
+        """Counter: the last sequence number given to a replayed dead letter (aggregator/dead_letters.py)."""
+        return self._shard_key(shard, "replayseq")
+
     def shard_stats(self, shard: int) -> str:
         """Hash of the shard's apply counters (events/entries applied, duplicates, dead, lost)."""
         return self._shard_key(shard, "stats")
