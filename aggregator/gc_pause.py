@@ -54,10 +54,15 @@ class GcPause:
                 if self._was_enabled:
                     gc.enable()
                 return
-            if self._was_enabled and time.monotonic() - self._since > self.max_paused_seconds:
-                gc.collect(1)
+            collect = self._was_enabled and time.monotonic() - self._since > self.max_paused_seconds
+            if collect:
                 self.forced_collections += 1
                 self._since = time.monotonic()
+        if collect:
+            # Outside the lock: the collection may free a batch held by hold_while_alive (one in
+            # a reference cycle, e.g. through an exception's traceback), whose finalizer calls
+            # release() on this very thread.
+            gc.collect(1)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

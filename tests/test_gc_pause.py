@@ -75,6 +75,33 @@ def test_a_long_uninterrupted_pause_still_collects() -> None:
         gc.callbacks.remove(on_gc)
 
 
+def test_a_forced_collection_that_frees_a_held_batch_does_not_deadlock() -> None:
+    """A batch in a reference cycle (say, reachable from an exception's traceback) is freed only
+    by a collection, and its finalizer releases the pause on the thread that runs the collection:
+    the forced collection must not run while the pause's lock is held."""
+
+    class Batch:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: reference counting alone never frees it
+
+    pause = GcPause(max_paused_seconds=0.0)
+    pause.hold_while_alive(Batch())
+    pause.hold()
+    pause.hold()
+    done = threading.Event()
+
+    def release() -> None:
+        pause.release()  # two holders left: a forced collection, which frees the cyclic batch
+        done.set()
+
+    worker = threading.Thread(target=release, daemon=True)
+    worker.start()
+    assert done.wait(10), "release() deadlocked in the forced collection"
+    assert pause.forced_collections >= 1 and pause.holders == 1  # the batch's hold went with it
+    pause.release()
+    assert pause.holders == 0 and gc.isenabled()
+
+
 def test_hold_while_alive_releases_when_the_object_goes() -> None:
     class Batch:
         pass
