@@ -86,18 +86,20 @@ def headers_of(event: dict[str, Any]) -> dict[str, Any]:
 
 
 class ReplyLosingProxy:
-    """A TCP proxy in front of Redis that loses replies. For each request containing XADD,
-    ``lose()`` decides; when it says so, the request is forwarded, and as soon as Redis starts
-    answering, the answer is thrown away and both connections are closed. Redis may have applied
-    all, some (the rest of a pipeline never arrives) or none of the request: the writer cannot
-    know and retries. Everything else passes through."""
+    """A TCP proxy in front of Redis that loses replies. For each request containing ``trigger``
+    (XADD: a producer's write; EVALSHA: an aggregator's apply script), ``lose()`` decides; when
+    it says so, the request is forwarded, and as soon as Redis starts answering, the answer is
+    thrown away and both connections are closed. Redis may have applied all, some (the rest of a
+    pipeline never arrives) or none of the request: the writer cannot know and retries.
+    Everything else passes through."""
 
-    def __init__(self, upstream_port: int, lose: Callable[[], bool]) -> None:
+    def __init__(self, upstream_port: int, lose: Callable[[], bool], trigger: bytes = b"XADD") -> None:
         import socket
         import threading
 
         self.upstream_port = upstream_port
         self.lose = lose
+        self.trigger = trigger
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.dropped_replies = 0
@@ -134,7 +136,7 @@ class ReplyLosingProxy:
 
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
-                if b"XADD" in data:
+                if self.trigger in data:
                     with self.lock:
                         if self.lose():
                             state["swallow"] = True

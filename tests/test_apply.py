@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
 from aggregator.apply import DeadEntry, PendingEntry, ShardApplier
 from aggregator.consumer import ShardConsumer
+from aggregator.daemon import create_client
 from aggregator.housekeeping import Housekeeper
+from aggregator.local_server import LocalServer
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
 from producer.keys import Keys
 from producer.wire import decode_entry, encode_entry, encode_event
+from tests.support import ReplyLosingProxy
 
 GROUP = "aggregators"
 
@@ -130,6 +135,64 @@ async def test_entry_claimed_away_from_a_slow_consumer_is_applied_once(
     assert r_fast.applied_entries == 1
     assert r_slow.applied_entries == 1 and r_slow.not_owned == (ids[0],)
     assert totals(redis_client, keys) == {'["p1"]': 2.0}
+
+
+async def test_lost_apply_replies_are_not_counted_twice(private_server: LocalServer) -> None:
+    """The aggregator's connection loses the reply of many scripts (the apply script above all)
+    after Redis has run them: the client resends, or the entries are claimed again later; either
+    way each entry counts once and nothing stays pending."""
+    rng = random.Random(7)
+    proxy = ReplyLosingProxy(private_server.port, lambda: rng.random() < 0.4, trigger=b"EVALSHA")
+    keys = Keys("lsmlostapply")
+    direct = redis.Redis.from_url(private_server.url)
+    cfg = AggregatorSettings(
+        redis_url=proxy.url,
+        namespace="lsmlostapply",
+        consumer_name="c1",
+        read_count=3,
+        block_seconds=0.05,
+        claim_min_idle=0.3,
+        claim_interval=0.1,
+        housekeeping_interval=0.2,
+        socket_timeout=2,
+    )
+    consumer = ShardConsumer(create_client(cfg), cfg, 0, count_events)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    expected = 0.0
+    try:
+        for seq in range(1, 61):
+            ns = [seq, 1000 * seq]
+            xadd(direct, keys, "p1", seq, ns)
+            expected += sum(ns)
+            if seq % 10 == 0:
+                await asyncio.sleep(0.05)
+        last = direct.xinfo_stream(keys.stream(0))["last-generated-id"]  # type: ignore[index]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            g: Any = direct.xinfo_groups(keys.stream(0))
+            if g and g[0]["pending"] == 0 and g[0]["last-delivered-id"] == last:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"not drained: {direct.xinfo_groups(keys.stream(0))}")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await consumer.client.aclose()
+        proxy.close()
+    c = consumer.counters
+    print(f"replies lost {proxy.dropped_replies}; consumer {c}")
+    assert proxy.dropped_replies > 0
+    # The resent scripts found their entries applied (not this consumer's any more): the path
+    # this test is about was taken.
+    assert c.not_owned_entries > 0
+    assert totals(direct, keys) == {'["p1"]': expected}
+    stats = direct.hgetall(keys.shard_stats(0))
+    assert stats[b"events_applied"] == b"120" and stats[b"entries_applied"] == b"60"
+    assert direct.hget(keys.applied_by_producer(0), "p1") == b"120"
+    assert direct.hget(keys.high_water_marks(0), "p1") == b"60"
+    direct.close()
 
 
 async def test_undecodable_entries_are_dead_lettered(
