@@ -371,11 +371,24 @@ class ShardConsumer:
         return good, dead
 
     async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        """How often each entry was delivered, for those still pending here; ``ids`` in stream
+        order (as XREADGROUP and XAUTOCLAIM return them). One XPENDING over their id range
+        (paged), not one per entry: the claimed entries wait for this before being applied."""
         out: dict[str, int] = {}
-        for entry_id in ids:
-            rows = await self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
-            if rows:
-                out[entry_id] = int(rows[0]["times_delivered"])
+        wanted = set(ids)
+        start, page = ids[0] if ids else "", 500
+        while wanted:
+            rows: Any = await self.client.xpending_range(
+                self.stream, self.group, min=start, max=ids[-1], count=page, consumername=self.consumer
+            )
+            for row in rows:
+                entry_id = _text(row["message_id"])
+                if entry_id in wanted:
+                    out[entry_id] = int(row["times_delivered"])
+                    wanted.discard(entry_id)
+            if len(rows) < page:
+                break
+            start = "(" + _text(rows[-1]["message_id"])
         return out
 
 

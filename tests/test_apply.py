@@ -354,3 +354,23 @@ async def test_removing_a_gauge_series_that_never_existed_writes_nothing(
     assert redis_client.hgetall(keys.metric(0, "g", "g:0")) == {}
     # Only the removed series keeps its removal time (so an older write cannot resurrect it).
     assert redis_client.hgetall(keys.metric(0, "gt", "g:0")) == {b'["exists"]': b"30.0"}
+
+
+async def test_delivery_counts_of_a_large_redelivered_batch(
+    aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    """Delivery counts come from one paged XPENDING range: every entry still pending here gets
+    its count, more than a page of them too; entries claimed away by another consumer get none."""
+    keys = Keys(namespace)
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
+    pipe = redis_client.pipeline()
+    for seq in range(1, 1201):
+        pipe.xadd(keys.stream(0), encode_entry("p1", seq, [encode_event({"kind": "x", "t": 0, "n": 1})], 0.0))
+    ids = [i.decode() for i in pipe.execute()]
+    redis_client.xreadgroup(GROUP, "c1", {keys.stream(0): ">"}, count=2000)
+    redis_client.xclaim(keys.stream(0), GROUP, "c1", 0, ids[::7])  # a second delivery for some
+    redis_client.xclaim(keys.stream(0), GROUP, "other", 0, ids[5::100])  # no longer c1's
+    consumer = ShardConsumer(aclient, settings(redis_url, namespace), 0, count_events)
+    counts = await consumer._delivery_counts(ids)
+    away = set(ids[5::100])
+    assert counts == {i: (2 if n % 7 == 0 else 1) for n, i in enumerate(ids) if i not in away}
