@@ -35,8 +35,9 @@ import redis
 
 from producer import __version__
 from producer.keys import Keys
+from producer.resp import CommandBatch
 from producer.settings import ProducerSettings
-from producer.wire import encode_entry
+from producer.wire import CODEC_JSON, array_length, compresses, encode_entry, entry_header
 
 log = logging.getLogger("litellm_stream_metrics.producer")
 
@@ -280,20 +281,28 @@ class Emitter:
                     self._stop.wait(delay)
 
     def _write(self, client: redis.Redis, batches: list[_Batch]) -> None:
+        """One write, one round trip: an ``XADD`` per batch, then the producer's counters."""
         s = self.settings
-        pipe = client.pipeline(transaction=False)
+        commands = CommandBatch()
         for b in batches:
-            fields = encode_entry(self.producer_id, b.seq, b.events, b.built_at, s.compress_min_bytes)
-            if s.stream_maxlen:
-                pipe.xadd(self.stream, fields, maxlen=s.stream_maxlen, approximate=True)  # type: ignore[arg-type]
+            if compresses(array_length(b.nbytes, len(b.events)), s.compress_min_bytes):
+                fields = encode_entry(self.producer_id, b.seq, b.events, b.built_at, s.compress_min_bytes)
+                commands.xadd(self.stream, s.stream_maxlen, fields)
             else:
-                pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
+                header = entry_header(self.producer_id, b.seq, len(b.events), CODEC_JSON, b.built_at)
+                commands.xadd(self.stream, s.stream_maxlen, header, b.events, b.nbytes)
         sent_events = sum(len(b.events) for b in batches)
         stats_key = self.keys.producer_stats(self.producer_id)
-        pipe.hset(stats_key, mapping=self._stats_mapping(sent_events, len(batches)))  # type: ignore[arg-type]
-        pipe.expire(stats_key, STATS_TTL_SECONDS)
-        pipe.zadd(self.keys.producer_registry(), {self.producer_id: time.time()})
-        pipe.execute()
+        stats = self._stats_mapping(sent_events, len(batches))
+        commands.command(b"HSET", stats_key, *[x for kv in stats.items() for x in kv])
+        commands.command(b"EXPIRE", stats_key, STATS_TTL_SECONDS)
+        commands.command(b"ZADD", self.keys.producer_registry(), time.time(), self.producer_id)
+        pool = client.connection_pool
+        connection = pool.get_connection()
+        try:
+            commands.execute(connection)
+        finally:
+            pool.release(connection)
 
     def _complete(self, batches: list[_Batch], elapsed: float) -> None:
         with self._lock:

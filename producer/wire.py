@@ -246,6 +246,28 @@ def encode_event(event: Mapping[str, Any] | list[Any]) -> bytes:
         return orjson.dumps(event, default=_default, option=orjson.OPT_NON_STR_KEYS)
 
 
+def entry_header(producer_id: str, seq: int, count: int, codec: str, built_at: float) -> dict[str, bytes]:
+    """Every field of a stream entry except the events (``d``)."""
+    return {
+        F_VERSION: WIRE_VERSION.encode(),
+        F_PRODUCER: producer_id.encode(),
+        F_SEQ: str(seq).encode(),
+        F_COUNT: str(count).encode(),
+        F_CODEC: codec.encode(),
+        F_BUILT_AT: repr(built_at).encode(),
+    }
+
+
+def array_length(events_bytes: int, count: int) -> int:
+    """Length of the JSON array of ``count`` encoded events of ``events_bytes`` in all."""
+    return events_bytes + count + 1 if count else 2
+
+
+def compresses(data_length: int, compress_min_bytes: int) -> bool:
+    """Whether an entry whose JSON array is ``data_length`` bytes long is stored compressed."""
+    return bool(compress_min_bytes) and data_length >= compress_min_bytes
+
+
 def encode_entry(
     producer_id: str,
     seq: int,
@@ -256,18 +278,12 @@ def encode_entry(
     """Build the fields of one stream entry from already-encoded events."""
     data = b"[" + b",".join(events) + b"]"
     codec = CODEC_JSON
-    if compress_min_bytes and len(data) >= compress_min_bytes:
+    if compresses(len(data), compress_min_bytes):
         data = zlib.compress(data, 1)
         codec = CODEC_ZLIB_JSON
-    return {
-        F_VERSION: WIRE_VERSION.encode(),
-        F_PRODUCER: producer_id.encode(),
-        F_SEQ: str(seq).encode(),
-        F_COUNT: str(len(events)).encode(),
-        F_CODEC: codec.encode(),
-        F_DATA: data,
-        F_BUILT_AT: repr(built_at).encode(),
-    }
+    fields = entry_header(producer_id, seq, len(events), codec, built_at)
+    fields[F_DATA] = data
+    return fields
 
 
 @dataclass(frozen=True)
