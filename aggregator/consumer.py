@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -263,7 +264,7 @@ class ShardConsumer:
             keeper.cancel()
             GC_PAUSE.release()
             raise
-        GC_PAUSE.hold_while_alive(batch)
+        batch.gc_hold = GC_PAUSE.hold_while_alive(batch)
         GC_PAUSE.release()
         batch.keeper = keeper
         batch.entries_read = len(entries)
@@ -284,6 +285,8 @@ class ShardConsumer:
         finally:
             if batch.keeper is not None:
                 batch.keeper.cancel()
+            if batch.gc_hold is not None:
+                batch.gc_hold()  # applied or failed: the collector may run again
         elapsed = time.perf_counter() - batch.started
         c = self.counters
         c.batches += 1
@@ -401,6 +404,7 @@ class _Prepared:
     built_for: tuple[str, ...] = ()
     delta: Delta | None = None
     keeper: asyncio.Task[None] | None = None
+    gc_hold: weakref.finalize[[], object] | None = None
     entries_read: int = 0
     started: float = 0.0
 

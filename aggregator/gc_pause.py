@@ -72,10 +72,14 @@ class GcPause:
         finally:
             self.release()
 
-    def hold_while_alive(self, obj: object) -> None:
-        """Hold the pause until ``obj`` is freed (whatever path drops it)."""
+    def hold_while_alive(self, obj: object) -> weakref.finalize[[], object]:
+        """Hold the pause until ``obj`` is freed (whatever path drops it) or the returned
+        finalizer is called, whichever comes first (the release happens once).
+
+        Call the finalizer when done with ``obj``: an exception's traceback can keep it alive in
+        a reference cycle, which only the (paused) collector would free."""
         self.hold()
-        weakref.finalize(obj, self.release)
+        return weakref.finalize(obj, self.release)
 
 
 GC_PAUSE = GcPause()
