@@ -229,8 +229,9 @@ def _service_tier(slp: Mapping[str, Any], usage: object) -> str | None:
     return None
 
 
-def _usage(usage: dict[str, Any]) -> list[Any]:
-    """The compact ``usage`` list (``wire.USAGE_FIELDS``): only the numbers the metrics read."""
+def _usage(usage: dict[str, Any]) -> list[Any] | None:
+    """The compact ``usage`` list (``wire.USAGE_FIELDS``): only the numbers the metrics read;
+    None when it has none of them (most calls: plain prompt and completion tokens)."""
     prompt = usage.get("prompt_tokens_details")
     completion = usage.get("completion_tokens_details")
     cached = audio_in = write = reasoning = audio_out = None
@@ -243,7 +244,7 @@ def _usage(usage: dict[str, Any]) -> list[Any]:
     if type(completion) is dict:
         reasoning = completion.get("reasoning_tokens")
         audio_out = completion.get("audio_tokens")
-    return [
+    values = [
         cached,
         write,
         audio_in,
@@ -254,6 +255,7 @@ def _usage(usage: dict[str, Any]) -> list[Any]:
         usage.get("cache_read_input_tokens"),
         usage.get("cache_creation_input_tokens"),
     ]
+    return None if values.count(None) == len(values) else values
 
 
 def _budget(pmd: Mapping[str, Any]) -> list[Any] | None:
@@ -303,7 +305,7 @@ def success_event(
     None when LiteLLM's logger would skip it.
 
     This is the hot path of the whole product: C-level lookups, one list display, few calls,
-    only scalars (the event holds no reference to LiteLLM's objects).
+    only scalars and datetimes (the event holds no reference to LiteLLM's mutable objects).
     """
     slp = kwargs.get("standard_logging_object")
     if not isinstance(slp, dict):
@@ -328,28 +330,14 @@ def success_event(
         hidden = _EMPTY
     usage = md.get("usage_object")
 
+    # LiteLLM's times go out as they are; the reader derives the latencies (wire.derive_latencies).
     kend = kwargs.get("end_time") or end_time
-    if not isinstance(kend, datetime):
+    if type(kend) is not datetime and not isinstance(kend, datetime):
         kend = datetime.now()
     kstart = kwargs.get("start_time")
     api_start = kwargs.get("api_call_start_time")
-    stream_true = kwargs.get("stream", False) is True
-    total = (kend - kstart).total_seconds() if isinstance(kstart, datetime) else None
-    api = ttft = None
-    if isinstance(api_start, datetime):
-        api = (kend - api_start).total_seconds()
-        if stream_true:
-            cst = kwargs.get("completion_start_time")
-            if isinstance(cst, datetime):
-                ttft = (cst - api_start).total_seconds()
-    basis = None
-    if isinstance(start_time, datetime) and isinstance(end_time, datetime):
-        # The basis of latency per output token uses the hook's positional times (spec §1.2).
-        basis = (end_time - start_time).total_seconds()
-        if stream_true:
-            cst = kwargs.get("completion_start_time", end_time)
-            if isinstance(cst, datetime):
-                basis = (cst - start_time).total_seconds() or basis
+    streamed = kwargs.get("stream", False) is True
+    cst = kwargs.get("completion_start_time") if streamed else None
 
     headers = hidden.get("additional_headers")
     model_info = request_md.get("model_info")
@@ -374,11 +362,14 @@ def success_event(
         kwargs.get("model", ""),
         original if isinstance(original, str) and original and original != model_group else None,
         _service_tier(slp, usage),
-        total,
-        api,
-        ttft,
+        kend,
+        kstart if type(kstart) is datetime or isinstance(kstart, datetime) else None,
+        api_start if type(api_start) is datetime or isinstance(api_start, datetime) else None,
+        cst if type(cst) is datetime or isinstance(cst, datetime) else None,
+        streamed,
+        None if start_time is kstart else start_time if isinstance(start_time, datetime) else False,
+        None if end_time is kend else end_time if isinstance(end_time, datetime) else False,
         pmd.get("queue_time_seconds"),
-        basis,
         _usage(usage) if type(usage) is dict else None,
         # LiteLLM skips the deployment block when SLP lacks these keys (spec §5).
         "api_base" in slp and "additional_headers" in hidden,

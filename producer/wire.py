@@ -24,12 +24,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-WIRE_MAJOR = 1
+WIRE_MAJOR = 2
 WIRE_MINOR = 0
+#: Majors this reader decodes: 1.x entries (from producers before 2.0) are still read.
+READABLE_MAJORS = (1, 2)
 WIRE_VERSION = f"{WIRE_MAJOR}.{WIRE_MINOR}"
 
 CODEC_JSON = "json"
@@ -94,7 +97,12 @@ EVENT_KINDS = frozenset(
 # field order (kind first) instead of an object: smaller and cheaper to build and encode.
 # Readers turn it into an object with these names. New fields are only ever appended; a reader
 # treats missing trailing fields as null and ignores fields beyond the ones it knows.
-SUCCESS_FIELDS = (
+#
+# Wire 1.x shipped the four latencies computed; 2.x ships LiteLLM's times as they are (ISO 8601
+# text, naive local time or with an offset, microseconds) and the reader derives the latencies
+# (``derive_latencies``): the subtractions left the request path. Decoded events of both majors
+# have the same names (``DECODED_SUCCESS_FIELDS``).
+SUCCESS_FIELDS_V1 = (
     "kind",
     "t",
     # from the SLP metadata, in this order
@@ -152,6 +160,26 @@ SUCCESS_FIELDS = (
     "mcp_tool",
     "mcp_server",
 )
+_V1_LATENCIES = ("latency_total", "latency_api", "latency_ttft", "latency_queue", "latency_per_token_basis")
+_at = SUCCESS_FIELDS_V1.index("latency_total")
+#: The raw times of a 2.x success event, in this order, where 1.x had the latencies.
+SUCCESS_TIME_FIELDS = (
+    "end_time",  # kwargs end_time, else the hook's end_time, else the producer's clock
+    "start_time",  # kwargs start_time (null: not a datetime)
+    "api_call_start_time",  # kwargs api_call_start_time
+    "completion_start_time",  # kwargs completion_start_time; only sent for streamed calls
+    "streamed",  # kwargs stream is True
+    "hook_start_time",  # the hook's start_time: null = the same as start_time, false = not a datetime
+    "hook_end_time",  # the hook's end_time: null = the same as end_time, false = not a datetime
+    "latency_queue",
+)
+SUCCESS_FIELDS = (
+    *SUCCESS_FIELDS_V1[:_at],
+    *SUCCESS_TIME_FIELDS,
+    *SUCCESS_FIELDS_V1[_at + len(_V1_LATENCIES) :],
+)
+#: The names of a decoded success event (both majors).
+DECODED_SUCCESS_FIELDS = SUCCESS_FIELDS_V1
 # The compact ``usage`` list of a success event (SLP metadata ``usage_object``), in this order.
 USAGE_FIELDS = (
     "cached_tokens",  # prompt_tokens_details.cached_tokens
@@ -221,6 +249,47 @@ def as_object(event: object, names: tuple[str, ...]) -> dict[str, Any] | None:
     out = dict.fromkeys(names)
     out.update(zip(names, event, strict=False))
     return out
+
+
+def _time(value: object) -> datetime | None:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _seconds(end: datetime | None, start: datetime | None) -> float | None:
+    if end is None or start is None:
+        return None
+    try:
+        return (end - start).total_seconds()
+    except TypeError:  # one with an offset, one without: no latency (LiteLLM's would raise)
+        return None
+
+
+def derive_latencies(event: dict[str, Any]) -> None:
+    """Replace the raw times of a decoded 2.x success event by the 1.x latency fields, computed
+    exactly as LiteLLM's logger computes them (spec §1.2)."""
+    end = _time(event.pop("end_time", None))
+    start = _time(event.pop("start_time", None))
+    api_start = _time(event.pop("api_call_start_time", None))
+    completion_start = _time(event.pop("completion_start_time", None))
+    streamed = event.pop("streamed", None) is True
+    hook_start_raw = event.pop("hook_start_time", None)
+    hook_end_raw = event.pop("hook_end_time", None)
+    hook_start = start if hook_start_raw is None else _time(hook_start_raw)
+    hook_end = end if hook_end_raw is None else _time(hook_end_raw)
+    event["latency_total"] = _seconds(end, start)
+    event["latency_api"] = _seconds(end, api_start)
+    event["latency_ttft"] = _seconds(completion_start, api_start) if streamed else None
+    # The basis of latency per output token uses the hook's positional times; for a streamed
+    # call the time to the first chunk, unless that is zero.
+    basis = _seconds(hook_end, hook_start)
+    if basis is not None and streamed and completion_start is not None:
+        basis = _seconds(completion_start, hook_start) or basis
+    event["latency_per_token_basis"] = basis
 
 
 class WireError(ValueError):
@@ -316,8 +385,9 @@ def parse_version(raw: bytes) -> tuple[int, int]:
 def decode_entry(fields: Mapping[bytes, bytes], max_decoded_bytes: int = 64 * 1024 * 1024) -> Entry:
     """Decode a stream entry, raising ``WireError`` for anything that cannot be applied."""
     major, minor = parse_version(_field(fields, F_VERSION))
-    if major != WIRE_MAJOR:
-        raise WireError("unknown_major", f"wire version {major}.{minor}; this reader knows {WIRE_MAJOR}.x")
+    if major not in READABLE_MAJORS:
+        known = ", ".join(f"{m}.x" for m in READABLE_MAJORS)
+        raise WireError("unknown_major", f"wire version {major}.{minor}; this reader knows {known}")
     try:
         producer_id = _field(fields, F_PRODUCER).decode()
         seq = int(_field(fields, F_SEQ))
@@ -347,11 +417,17 @@ def decode_entry(fields: Mapping[bytes, bytes], max_decoded_bytes: int = 64 * 10
         raise WireError("undecodable", f"json: {exc}") from exc
     if not isinstance(events, list):
         raise WireError("invalid", "payload is not a list of events")
+    v1 = major == 1
     for i, e in enumerate(events):
         if isinstance(e, list):
             if not e or e[0] != SUCCESS:
                 raise WireError("invalid", f"event {i}: unknown positional event kind")
-            events[i] = as_object(e, SUCCESS_FIELDS)
+            if v1:
+                events[i] = as_object(e, SUCCESS_FIELDS_V1)
+            else:
+                ev = as_object(e, SUCCESS_FIELDS)
+                derive_latencies(ev)  # type: ignore[arg-type]
+                events[i] = ev
         elif not isinstance(e, dict):
             raise WireError("invalid", f"event {i} is neither an object nor a positional event")
     if len(events) != count:

@@ -61,7 +61,7 @@ async def test_dead_letters_are_listed_and_replayed_once(
     # A header a buggy producer wrote: unreadable sequence number, the events themselves fine.
     bad_header = s.bad("bad_header", {**valid_fields([success(key="header")]), "s": "abc"})
     # Written by a newer producer than this aggregator understands: stays dead.
-    unknown = s.bad("unknown_major", {**valid_fields([success(key="future")], seq=3), "v": "2.0"})
+    unknown = s.bad("unknown_major", {**valid_fields([success(key="future")], seq=3), "v": "3.0"})
     await drain(private_server.url, max_entry_bytes=8 * 1024)
     assert [d.reason for d in iter_dead_letters(client, s.keys, 0)] == ["too_large", "bad_header", "unknown_major"]
 

@@ -13,6 +13,7 @@ import pytest
 from producer.wire import (
     CODEC_JSON,
     CODEC_ZLIB_JSON,
+    DECODED_SUCCESS_FIELDS,
     F_BUILT_AT,
     F_CODEC,
     F_COUNT,
@@ -22,6 +23,8 @@ from producer.wire import (
     F_VERSION,
     SUCCESS,
     SUCCESS_FIELDS,
+    SUCCESS_FIELDS_V1,
+    SUCCESS_TIME_FIELDS,
     WIRE_MAJOR,
     WIRE_MINOR,
     WIRE_VERSION,
@@ -116,7 +119,7 @@ def test_built_at_is_optional() -> None:
 # -- versions ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [b"2.0", b"0.9", f"{WIRE_MAJOR + 1}.{WIRE_MINOR}".encode(), b"2"])
+@pytest.mark.parametrize("version", [b"3.0", b"0.9", f"{WIRE_MAJOR + 1}.{WIRE_MINOR}".encode(), b"3"])
 def test_unknown_major_is_rejected(version: bytes) -> None:
     fields = _entry()
     fields[F_VERSION.encode()] = version
@@ -315,14 +318,99 @@ def test_encode_event_never_raises_on_unserialisable_str() -> None:
 
 
 @pytest.mark.parametrize("extra", [0, -20, 3])
-def test_positional_success_events_decode_to_every_field(extra: int) -> None:
+def test_positional_1x_success_events_decode_to_every_field(extra: int) -> None:
     """Exactly as many values as fields (the usual case), fewer (missing trailing fields are
     null) or more (extra values, from a newer producer, are ignored)."""
-    n = len(SUCCESS_FIELDS)
+    n = len(SUCCESS_FIELDS_V1)
     row = [SUCCESS, *range(1, n + extra)]
-    [event] = decode_entry(_entry(events=[row])).events
-    assert list(event) == list(SUCCESS_FIELDS)
+    fields = _entry(events=[row])
+    fields[F_VERSION.encode()] = b"1.0"
+    [event] = decode_entry(fields).events
+    assert list(event) == list(SUCCESS_FIELDS_V1)
     assert event["kind"] == SUCCESS
-    values = [event[name] for name in SUCCESS_FIELDS[1:]]
+    values = [event[name] for name in SUCCESS_FIELDS_V1[1:]]
     expected = list(range(1, n + extra))[: n - 1]
     assert values == expected + [None] * (n - 1 - len(expected))
+
+
+@pytest.mark.parametrize("extra", [0, -30, 3])
+def test_positional_2x_success_events_decode_to_the_1x_names(extra: int) -> None:
+    n = len(SUCCESS_FIELDS)
+    row: list[object] = [SUCCESS, *range(1, n + extra)]
+    for name in SUCCESS_TIME_FIELDS[:-1]:  # raw times: none set
+        if SUCCESS_FIELDS.index(name) < len(row):
+            row[SUCCESS_FIELDS.index(name)] = None
+    [event] = decode_entry(_entry(events=[row])).events
+    assert sorted(event) == sorted(DECODED_SUCCESS_FIELDS)
+    for name in DECODED_SUCCESS_FIELDS[1:]:
+        if name in SUCCESS_FIELDS and name not in SUCCESS_TIME_FIELDS[:-1]:
+            i = SUCCESS_FIELDS.index(name)
+            assert event[name] == (row[i] if i < len(row) else None), name
+    assert event["latency_total"] is None and event["latency_per_token_basis"] is None
+
+
+T0 = dt.datetime(2026, 11, 27, 10, 0, 0)
+
+
+def _s(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def _times(**raw: object) -> dict[str, object]:
+    """Decode a 2.x success event carrying these raw time fields; return its latency fields."""
+    row: list[object] = [SUCCESS] + [None] * (len(SUCCESS_FIELDS) - 1)
+    for name, value in raw.items():
+        row[SUCCESS_FIELDS.index(name)] = value
+    [event] = decode_entry(_entry(events=[row])).events
+    return {k: v for k, v in event.items() if k.startswith("latency_") and k != "latency_queue"}
+
+
+def test_latencies_of_a_plain_call() -> None:
+    start, end, api = T0, _s(2.5), _s(0.25)
+    assert _times(end_time=end, start_time=start, api_call_start_time=api) == {
+        "latency_total": 2.5,
+        "latency_api": 2.25,
+        "latency_ttft": None,  # not streamed
+        "latency_per_token_basis": 2.5,  # the hook's times are the same objects
+    }
+
+
+def test_latencies_of_a_streamed_call() -> None:
+    start, end, api, first = T0, _s(4.0), _s(0.5), _s(1.25)
+    common = {"end_time": end, "start_time": start, "api_call_start_time": api, "streamed": True}
+    assert _times(**common, completion_start_time=first) == {
+        "latency_total": 4.0,
+        "latency_api": 3.5,
+        "latency_ttft": 0.75,
+        "latency_per_token_basis": 1.25,  # to the first chunk
+    }
+    # No first-chunk time: no time to first token, the basis is the whole call.
+    assert _times(**common) == {
+        "latency_total": 4.0,
+        "latency_api": 3.5,
+        "latency_ttft": None,
+        "latency_per_token_basis": 4.0,
+    }
+    # A first chunk at the very start: zero is not a basis, the whole call is.
+    assert _times(**common, completion_start_time=start)["latency_per_token_basis"] == 4.0
+
+
+def test_latencies_from_the_hooks_own_times() -> None:
+    start, end = T0, _s(3.0)
+    got = _times(end_time=end, start_time=start, hook_start_time=_s(1.0), hook_end_time=_s(2.5))
+    assert got["latency_total"] == 3.0
+    assert got["latency_per_token_basis"] == 1.5
+    # false: the hook's time was not a datetime, so there is no basis.
+    assert _times(end_time=end, start_time=start, hook_start_time=False)["latency_per_token_basis"] is None
+
+
+def test_latencies_keep_microseconds_and_offsets() -> None:
+    utc = dt.timezone.utc
+    start = dt.datetime(2026, 1, 1, 23, 59, 59, 999_999, tzinfo=utc)
+    end = dt.datetime(2026, 1, 2, 1, 0, 0, 1, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    got = _times(end_time=end, start_time=start)
+    assert got["latency_total"] == (end - start).total_seconds() == 0.000002
+    # One aware and one naive time cannot be subtracted: no latency rather than an error.
+    assert _times(end_time=end, start_time=T0)["latency_total"] is None
+    # Unreadable text: no latency.
+    assert _times(end_time="yesterday", start_time=T0)["latency_total"] is None
