@@ -1115,13 +1115,6 @@ def _budget_gauges(v: list[Any], slot: int, spend: object, max_budget: object, r
     v[slot + 2] = None if reset_at is None else epoch(reset_at)
 
 
-def usage_dict(raw: object) -> dict[str, Any] | None:
-    """The compact ``usage`` list of a success event as a name -> value mapping."""
-    if not isinstance(raw, list):
-        return None
-    return dict(zip(wire.USAGE_FIELDS, raw, strict=False))
-
-
 def _plain(value: object) -> str:
     """Labels LiteLLM sets without sanitising (hard-coded label lists): prometheus_client's str()."""
     return "None" if value is None else str(value)
