@@ -12,12 +12,15 @@ import redis.asyncio as aioredis
 
 from aggregator.series_limits import MetricLimits, retire_idle
 from aggregator.settings import AggregatorSettings
-from producer.keys import Keys
+from producer.keys import PRODUCER_STATS_TTL_SECONDS, Keys
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
 _GAPS = resources.files("aggregator").joinpath("gaps.lua").read_text()
 _FORGET = resources.files("aggregator").joinpath("forget_removals.lua").read_text()
+_ENDED = resources.files("aggregator").joinpath("ended_producer.lua").read_text()
+# A producer is silent for at least this many of its stats intervals before it counts as gone.
+GONE_AFTER_STATS_INTERVALS = 3
 # Removal records are looked through at most this often (a scan of every gauge's time hash).
 FORGET_INTERVAL = 3600.0
 
@@ -50,11 +53,14 @@ class Housekeeper:
         self.removals_forgotten = 0
         self._forget = client.register_script(_FORGET)
         self._next_forget = 0.0
+        self._ended = client.register_script(_ENDED)
+        self.unclean_exits = 0
 
     async def run_once(self) -> None:
         await self.trim()
         await self.remove_dead_consumers()
         await self.detect_lost()
+        await self.record_ended_producers()
         if self.limits:
             self.retired += await retire_idle(self.client, self.keys, self.shard, self.limits)
         if self.gauge_keys and time.monotonic() >= self._next_forget:
@@ -154,3 +160,50 @@ class Housekeeper:
             lost += n
         self.lost += lost
         return lost
+
+    async def record_ended_producers(self, now: float | None = None) -> int:
+        """Find this shard's producers that stopped reporting; count, once each, the events an
+        unclean exit left in its buffer (``events_lost_unclean_exit``). Also forgets producers
+        whose counters have expired, so the registry stays bounded."""
+        now = time.time() if now is None else now
+        horizon = now - PRODUCER_STATS_TTL_SECONDS
+        registry, ended = self.keys.producer_registry(), self.keys.ended_producers(self.shard)
+        await self.client.zremrangebyscore(registry, "-inf", horizon)
+        await self.client.zremrangebyscore(ended, "-inf", horizon)
+        silent = [
+            pid
+            for pid in map(
+                _text, await self.client.zrangebyscore(registry, horizon, now - self.settings.producer_gone_seconds)
+            )
+            if self.keys.shard_for_producer(pid) == self.shard
+        ]
+        if not silent:
+            return 0
+        known = await self.client.zmscore(ended, silent)
+        unclean = 0
+        for pid, seen in zip(silent, known, strict=True):
+            if seen is not None:
+                continue
+            stats = {_text(k): _text(v) for k, v in (await self.client.hgetall(self.keys.producer_stats(pid))).items()}
+            if not stats:
+                continue
+            interval = float(stats.get("stats_interval", 0) or 0)
+            if now - float(stats.get("updated_at", 0) or 0) < GONE_AFTER_STATS_INTERVALS * interval:
+                continue  # reports less often than the gone threshold assumes
+            clean = "closed_at" in stats
+            unsent = 0 if clean else int(float(stats.get("buffer_events", 0) or 0))
+            if not await self._ended(
+                keys=[ended, self.keys.shard_stats(self.shard)], args=[pid, now, int(clean), unsent]
+            ):
+                continue
+            if not clean:
+                unclean += 1
+                log.warning(
+                    "shard %s: producer %s stopped without a clean shutdown; its last report counted %d events "
+                    "not yet sent (now lost: events_lost_unclean_exit)",
+                    self.shard,
+                    pid,
+                    unsent,
+                )
+        self.unclean_exits += unclean
+        return unclean

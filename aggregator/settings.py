@@ -50,6 +50,9 @@ class AggregatorSettings(BaseModel):
     max_isolated_attempts: int = Field(3, ge=1)
     dead_consumer_idle: float = Field(3600.0, gt=0)
     housekeeping_interval: float = Field(10.0, gt=0)
+    # A producer silent this long without having reported a clean close ended uncleanly: what
+    # its last report counted as buffered is counted as lost (events_lost_unclean_exit).
+    producer_gone_seconds: float = Field(120.0, gt=0)
     max_entry_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # A gauge's removal record (which stops older writes from bringing the series back) is kept
     # this long, then forgotten.

@@ -30,7 +30,8 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.integrations.prometheus import PrometheusLogger
 
 from producer import events, wire
-from producer.emitter import Emitter
+from producer.emitter import Emitter, close_all
+from producer.lifecycle import install_proxy_shutdown_hook
 from producer.settings import ProducerSettings
 
 log = logging.getLogger("litellm_stream_metrics.producer")
@@ -49,6 +50,8 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
         self.settings = settings or (emitter.settings if emitter else ProducerSettings.from_env())
         self.emitter = emitter or Emitter(self.settings)
         self._extract_errors_logged = 0
+        # Inside the proxy: flush on its shutdown path too (a SIGTERM skips atexit).
+        install_proxy_shutdown_hook(close_all)
 
     # -- plumbing ---------------------------------------------------------------------------------
 

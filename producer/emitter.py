@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import redis
 
 from producer import __version__
-from producer.keys import Keys
+from producer.keys import PRODUCER_STATS_TTL_SECONDS, Keys
 from producer.resp import CommandBatch
 from producer.settings import ProducerSettings
 from producer.wire import CODEC_JSON, array_length, compresses, encode_entry, entry_header
@@ -49,8 +49,6 @@ DROP_REASONS = (
     "closed",
     "shutdown",
 )
-# How long a producer's counters survive in Redis after its last report.
-STATS_TTL_SECONDS = 7 * 24 * 3600
 
 
 def new_producer_id() -> str:
@@ -132,6 +130,9 @@ class Emitter:
         self._inflight_events = 0
         self._inflight_bytes = 0
         self._seq = 0
+        # When the oldest buffered event was offered (monotonic): a partial batch is due one
+        # flush interval later.
+        self._oldest_at = 0.0
         self._thread: threading.Thread | None = None
         self._closed = False
         self._stop.clear()
@@ -171,7 +172,12 @@ class Emitter:
             self._buffer_bytes += n
             c.accepted += 1
             if self._thread is None:
+                self._oldest_at = time.monotonic()
                 self._start_locked()
+            elif not buffered:
+                # The first event after a write: the flush interval starts now.
+                self._oldest_at = time.monotonic()
+                self._wake.set()
             elif buffered + 1 == s.batch_max_events:
                 self._wake.set()
             return True
@@ -216,6 +222,8 @@ class Emitter:
         self._buffer_bytes -= nbytes
         self._seq += 1
         batch = _Batch(self._seq, events, nbytes, time.time())
+        if buf:
+            self._oldest_at = time.monotonic()
         self._inflight.append(batch)
         self._inflight_events += len(events)
         self._inflight_bytes += nbytes
@@ -227,34 +235,55 @@ class Emitter:
                 break
         return list(self._inflight)
 
+    def _seconds_until_due(self, next_report: float) -> float:
+        """How long the writer may sleep: 0 when a batch is due (a full batch waits, a partial
+        one is a flush interval old, or a failed write is to be retried) or the counters are."""
+        s = self.settings
+        with self._lock:
+            if self._inflight or len(self._buffer) >= s.batch_max_events:
+                return 0.0
+            now = time.monotonic()
+            wait = next_report - now
+            if self._buffer:
+                wait = min(wait, self._oldest_at + s.flush_interval - now)
+        # Woken early by offer() (first event, full batch) and close(); the cap is a safety net.
+        return min(max(wait, 0.0), 1.0)
+
+    def _flush_due_locked(self) -> bool:
+        s = self.settings
+        buffered = len(self._buffer)
+        return bool(
+            self._inflight
+            or buffered >= s.batch_max_events
+            or (buffered and time.monotonic() - self._oldest_at >= s.flush_interval)
+        )
+
     def _run(self) -> None:
+        """Write due batches; write the counters at least every stats interval, also while a
+        partial batch waits, so that what was accepted shows in Redis ahead of what was sent
+        (a process killed before its next write leaves a visible gap, docs/operations.md)."""
         client: redis.Redis | None = None
         attempt = 0
-        next_stats = 0.0
+        next_report = 0.0
         s = self.settings
         while True:
             stopping = self._stop.is_set()
             if not stopping:
-                with self._lock:
-                    backlog = len(self._buffer)
-                    pending = backlog + len(self._inflight)
-                # A full batch waiting (steady high rate, or catching up after an outage) is
-                # written at once; a partial one waits for the flush interval.
-                if backlog < s.batch_max_events:
-                    self._wake.wait(s.flush_interval if pending else min(s.stats_interval, 1.0))
+                wait = self._seconds_until_due(next_report)
+                if wait > 0:
+                    self._wake.wait(wait)
                     self._wake.clear()
+                    continue
             with self._lock:
-                batches = self._collect_locked(max_batches=8)
-            now = time.time()
-            if not batches and now < next_stats and not stopping:
-                continue
+                batches = self._collect_locked(max_batches=8) if stopping or self._flush_due_locked() else []
             if not batches and stopping:
-                # Final report so the aggregator side sees the last counters.
+                # Final report, marked as a clean close, so the aggregator side sees the last
+                # counters and knows this producer did not vanish with events in its buffer.
                 try:
                     client = client or self._client_factory(s)
-                    self._write(client, [])
-                except Exception:
-                    pass
+                    self._write(client, [], final=True)
+                except Exception as exc:
+                    self._record_error(exc)
                 return
             try:
                 client = client or self._client_factory(s)
@@ -262,7 +291,7 @@ class Emitter:
                 self._write(client, batches)
                 elapsed = time.perf_counter() - t0
                 attempt = 0
-                next_stats = now + s.stats_interval
+                next_report = time.monotonic() + s.stats_interval
                 self._complete(batches, elapsed)
             except Exception as exc:  # Redis down, slow, or replying garbage: keep the batch.
                 attempt += 1
@@ -280,7 +309,7 @@ class Emitter:
                 else:
                     self._stop.wait(delay)
 
-    def _write(self, client: redis.Redis, batches: list[_Batch]) -> None:
+    def _write(self, client: redis.Redis, batches: list[_Batch], final: bool = False) -> None:
         """One write, one round trip: an ``XADD`` per batch, then the producer's counters."""
         s = self.settings
         commands = CommandBatch()
@@ -291,11 +320,10 @@ class Emitter:
             else:
                 header = entry_header(self.producer_id, b.seq, len(b.events), CODEC_JSON, b.built_at)
                 commands.xadd(self.stream, s.stream_maxlen, header, b.events, b.nbytes)
-        sent_events = sum(len(b.events) for b in batches)
         stats_key = self.keys.producer_stats(self.producer_id)
-        stats = self._stats_mapping(sent_events, len(batches))
+        stats = self._stats_mapping(batches, final)
         commands.command(b"HSET", stats_key, *[x for kv in stats.items() for x in kv])
-        commands.command(b"EXPIRE", stats_key, STATS_TTL_SECONDS)
+        commands.command(b"EXPIRE", stats_key, PRODUCER_STATS_TTL_SECONDS)
         commands.command(b"ZADD", self.keys.producer_registry(), time.time(), self.producer_id)
         pool = client.connection_pool
         connection = pool.get_connection()
@@ -345,9 +373,13 @@ class Emitter:
         if lost:
             log.warning("litellm-stream-metrics: shutdown deadline passed, %s events dropped", lost)
 
-    def _stats_mapping(self, extra_sent: int = 0, extra_entries: int = 0) -> dict[str, str | int | float]:
-        """Counters as written to Redis. ``extra_*`` count the batches of the write in progress:
-        the hash is written by the same pipeline that carries them, so it already includes them."""
+    def _stats_mapping(self, writing: list[_Batch] | None = None, final: bool = False) -> dict[str, str | int | float]:
+        """Counters as written to Redis. ``writing``: the batches of the write in progress; the
+        hash is written by the same pipeline that carries them, so it counts them as sent.
+        ``final``: the report of a clean close (``closed_at``)."""
+        writing = writing or []
+        extra_sent = sum(len(b.events) for b in writing)
+        extra_bytes = sum(b.nbytes for b in writing)
         with self._lock:
             c = self.counters
             m: dict[str, str | int | float] = {
@@ -361,16 +393,20 @@ class Emitter:
                 "events_accepted": c.accepted,
                 "events_sent": c.sent + extra_sent,
                 "events_skipped": c.skipped,
-                "entries_sent": c.entries_sent + extra_entries,
+                "entries_sent": c.entries_sent + len(writing),
                 "last_seq": self._seq,
                 "flushes": c.flushes,
                 "flush_errors": c.flush_errors,
                 "flush_seconds_sum": c.flush_seconds_sum,
                 "flush_seconds_max": c.flush_seconds_max,
-                "buffer_events": len(self._buffer) + self._inflight_events - extra_sent,
-                "buffer_bytes": self._buffer_bytes + self._inflight_bytes,
+                # Not below 0: close() may have given up on (and counted) the batches in this write.
+                "buffer_events": max(0, len(self._buffer) + self._inflight_events - extra_sent),
+                "buffer_bytes": max(0, self._buffer_bytes + self._inflight_bytes - extra_bytes),
                 "last_error": c.last_error,
+                "stats_interval": self.settings.stats_interval,
             }
+            if final:
+                m["closed_at"] = time.time()
             for reason, n in c.dropped.items():
                 m[f"events_dropped_{reason}"] = n
         return m
@@ -413,7 +449,16 @@ class Emitter:
                 self._drop_remaining()
         with self._lock:
             self._thread = None
-            return self.buffered_unlocked() == 0 and self.counters.dropped["shutdown"] == shutdown_before
+            clean = self.buffered_unlocked() == 0 and self.counters.dropped["shutdown"] == shutdown_before
+            sent, dropped = self.counters.sent, self.counters.dropped["shutdown"]
+        if thread is not None:
+            log.info(
+                "litellm-stream-metrics: producer %s closed: %d events sent in all, %d dropped at shutdown",
+                self.producer_id,
+                sent,
+                dropped,
+            )
+        return clean
 
     def buffered_unlocked(self) -> int:
         return len(self._buffer) + self._inflight_events
@@ -426,14 +471,22 @@ class Emitter:
 _LIVE: weakref.WeakSet[Emitter] = weakref.WeakSet()
 
 
-def _close_all_at_exit() -> None:
+def close_all() -> None:
+    """Close every live emitter: flush in parallel, each within its own shutdown timeout.
+
+    Runs at interpreter exit and, inside the LiteLLM proxy, from its shutdown path
+    (producer/lifecycle.py), where a SIGTERM ends the process without running ``atexit``."""
     pending = []
     for emitter in list(_LIVE):
-        with contextlib.suppress(Exception):
+        try:
             pending.append((emitter, emitter._begin_close(None)))
+        except Exception:
+            log.exception("litellm-stream-metrics: cannot start closing a producer")
     for emitter, started in pending:
-        with contextlib.suppress(Exception):
+        try:
             emitter._finish_close(*started)
+        except Exception:
+            log.exception("litellm-stream-metrics: cannot close a producer")
 
 
 def _reset_all_after_fork() -> None:
@@ -441,6 +494,6 @@ def _reset_all_after_fork() -> None:
         emitter._after_fork()
 
 
-atexit.register(_close_all_at_exit)
+atexit.register(close_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_all_after_fork)

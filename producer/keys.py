@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
+# How long a producer's counters survive in Redis after its last report; the aggregator forgets
+# producers (registry entries, exit records) after the same time.
+PRODUCER_STATS_TTL_SECONDS = 7 * 24 * 3600
+
 
 def validate_namespace(namespace: str) -> str:
     """Return ``namespace`` or raise ``ValueError`` naming what is allowed."""
@@ -54,6 +58,11 @@ class Keys:
     def producer_registry(self) -> str:
         """Sorted set of producer ids scored by the time of their last report."""
         return f"{self.namespace}:producers"
+
+    def ended_producers(self, shard: int) -> str:
+        """Sorted set of the shard's producers found to have stopped reporting (scored by when),
+        so that what an unclean exit left unsent is counted once."""
+        return self._shard_key(shard, "producers:ended")
 
     # -- aggregator state: every key of a shard carries the shard's hash tag -------------------
 

@@ -594,7 +594,42 @@ def test_environment_names_are_real_settings() -> None:
 
     proxy_patch = [d for d in load_docs(K8S / "litellm-proxy.example.yaml") if d["kind"] == "Deployment"]
     (proxy_container,) = proxy_patch[0]["spec"]["template"]["spec"]["containers"]
-    assert {e["name"] for e in proxy_container["env"]} <= producer_vars
+    assert {e["name"] for e in proxy_container["env"]} <= producer_vars | LITELLM_PROXY_VARS
+
+
+# LiteLLM's own variables that the proxy examples set; each must be one LiteLLM really reads.
+LITELLM_PROXY_VARS = {"GRACEFUL_SHUTDOWN_TIMEOUT"}
+
+
+def test_litellm_variables_of_the_examples_exist() -> None:
+    from litellm.proxy.shutdown import graceful_shutdown_manager
+
+    source = Path(graceful_shutdown_manager.__file__).read_text()
+    for name in LITELLM_PROXY_VARS:
+        assert f'"{name}"' in source, name
+
+
+def _seconds(value: object) -> float:
+    text = str(value)
+    return float(text[:-1]) if text.endswith("s") else float(text)
+
+
+def test_proxies_have_time_to_flush_when_stopped() -> None:
+    """The grace period covers the preStop sleep, LiteLLM's drain and the producer's flush."""
+    defaults = ProducerSettings()
+    proxy_patch = [d for d in load_docs(K8S / "litellm-proxy.example.yaml") if d["kind"] == "Deployment"]
+    pod = proxy_patch[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    sleep = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    drain = float(env["GRACEFUL_SHUTDOWN_TIMEOUT"])
+    flush = float(env.get("LSM_SHUTDOWN_TIMEOUT") or defaults.shutdown_timeout)
+    assert pod["terminationGracePeriodSeconds"] >= sleep + drain + flush + 2
+
+    proxy = load_one(DEPLOY / "compose.yaml")["services"]["litellm"]
+    env = proxy["environment"]
+    drain, flush = float(env["GRACEFUL_SHUTDOWN_TIMEOUT"]), float(env["LSM_SHUTDOWN_TIMEOUT"])
+    assert _seconds(proxy["stop_grace_period"]) >= drain + flush + 2
 
 
 def test_litellm_configs_enable_the_producer_and_are_valid_for_the_aggregator() -> None:

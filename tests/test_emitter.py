@@ -14,8 +14,8 @@ import orjson
 import pytest
 import redis
 
-from producer.emitter import DROP_REASONS, STATS_TTL_SECONDS, Emitter
-from producer.keys import Keys
+from producer.emitter import DROP_REASONS, Emitter
+from producer.keys import PRODUCER_STATS_TTL_SECONDS, Keys
 from producer.wire import CODEC_JSON, CODEC_ZLIB_JSON, F_CODEC, encode_event
 from tests.support import producer_stats, read_entries, read_events, settings_for, wait_for
 
@@ -198,7 +198,7 @@ def test_stats_hash_and_registry(make_emitter: MakeEmitter, redis_client: redis.
     assert int(stats["flush_errors"]) == 0
 
     key = Keys(namespace).producer_stats(em.producer_id)
-    assert 0 < redis_client.ttl(key) <= STATS_TTL_SECONDS
+    assert 0 < redis_client.ttl(key) <= PRODUCER_STATS_TTL_SECONDS
     score = redis_client.zscore(Keys(namespace).producer_registry(), em.producer_id)
     assert score is not None and abs(score - time.time()) < 60
     # The snapshot and the hash agree.

@@ -34,22 +34,14 @@ credentials.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 import redis
@@ -62,11 +54,10 @@ from tests.fake_upstream import (
     REMAINING_TOKENS,
     FakeUpstreamServer,
 )
+from tests.proxy_process import ProxyProcess, start_proxy
 from tests.support import headers_of, latency_of, producer_stats, read_entries, read_events, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Distinctive strings: none of them may reach Redis.
 PROMPT_MARKER = "zebraPROMPTmarker" + uuid.uuid4().hex[:8]
@@ -77,21 +68,7 @@ UNKNOWN_SK_KEY = "sk-lsm-unknown-" + uuid.uuid4().hex
 # What LiteLLM puts in UserAPIKeyAuth.api_key for the master key (never the key or its hash).
 MASTER_KEY_ALIAS = "litellm_proxy_master_key"
 
-STARTUP_TIMEOUT = 90.0
 EVENT_TIMEOUT = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _litellm_cli() -> str | None:
-    candidate = Path(sys.executable).parent / "litellm"
-    if candidate.exists():
-        return str(candidate)
-    return shutil.which("litellm")
 
 
 def _sha256(text: str) -> str:
@@ -164,30 +141,10 @@ class Proxy:
     base_url: str
     namespace: str
     upstream: FakeUpstreamServer
-    log_path: Path
+    process: ProxyProcess
 
     def log_tail(self, n: int = 60) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no proxy log)"
-        return "\n".join(lines[-n:])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the proxy we started (its own process group), politely first."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        return self.process.log_tail(n)
 
 
 @pytest.fixture(scope="module")
@@ -197,51 +154,17 @@ def proxy(
     upstream: FakeUpstreamServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
-    cli = _litellm_cli()
-    if cli is None:
-        pytest.skip("the litellm CLI is not installed")
-    workdir = tmp_path_factory.mktemp("litellm-proxy")
-    config = workdir / "config.yaml"
-    config.write_text(_config(upstream.api_base))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LSM_")}
-    env.update(
-        LSM_REDIS_URL=redis_url,
-        LSM_NAMESPACE=proxy_namespace,
-        LSM_FLUSH_INTERVAL="0.05",
-        LSM_STATS_INTERVAL="0.5",
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
-        PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p),
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("OPENAI_API_KEY", None)
-    log_path = workdir / "proxy.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [cli, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    info = Proxy(f"http://127.0.0.1:{port}", proxy_namespace, upstream, log_path)
+    env = {
+        "LSM_REDIS_URL": redis_url,
+        "LSM_NAMESPACE": proxy_namespace,
+        "LSM_FLUSH_INTERVAL": "0.05",
+        "LSM_STATS_INTERVAL": "0.5",
+    }
+    process = start_proxy(_config(upstream.api_base), tmp_path_factory.mktemp("litellm-proxy"), env)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the proxy exited with {proc.returncode} during startup:\n{info.log_tail()}")
-            try:
-                if httpx.get(f"{info.base_url}/health/liveliness", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the proxy did not answer within {STARTUP_TIMEOUT} s:\n{info.log_tail()}")
-            time.sleep(0.25)
-        yield info
+        yield Proxy(process.base_url, proxy_namespace, upstream, process)
     finally:
-        _stop(proc)
+        process.stop()
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""A real LiteLLM proxy process (``litellm --config ...``) for integration tests.
+
+The proxy runs in its own process group with the producer importable (``PYTHONPATH``) and
+the given ``LSM_*`` settings; ``start_proxy`` returns once ``/health/liveliness`` answers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def litellm_cli() -> str | None:
+    candidate = Path(sys.executable).parent / "litellm"
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which("litellm")
+
+
+@dataclass
+class ProxyProcess:
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no proxy log)"
+        return "\n".join(lines[-n:])
+
+    def stop(self) -> None:
+        """Stop the whole process group, politely first."""
+        if self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def start_proxy(config: str, workdir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> ProxyProcess:
+    """Start ``litellm --config`` with ``config`` (YAML text) and wait until it answers."""
+    cli = litellm_cli()
+    if cli is None:
+        pytest.skip("the litellm CLI is not installed")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.yaml"
+    config_path.write_text(config)
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LSM_")}
+    full_env.pop("OPENAI_API_KEY", None)
+    full_env.update(
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_ROOT), full_env.get("PYTHONPATH")) if p),
+        PYTHONUNBUFFERED="1",
+    )
+    full_env.update(env)
+    log_path = workdir / "proxy.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [cli, "--config", str(config_path), "--port", str(port), "--host", "127.0.0.1", *args],
+            cwd=workdir,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proxy = ProxyProcess(proc, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the proxy exited with {proc.returncode} during startup:\n{proxy.log_tail()}")
+        try:
+            if httpx.get(f"{proxy.base_url}/health/liveliness", timeout=2).status_code == 200:
+                return proxy
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proxy.stop()
+            pytest.fail(f"the proxy did not answer within {STARTUP_TIMEOUT} s:\n{proxy.log_tail()}")
+        time.sleep(0.25)
