@@ -31,6 +31,7 @@ import httpx
 import pytest
 import redis
 
+from aggregator.local_server import LocalServer
 from producer.keys import Keys
 from tests.fake_upstream import FakeUpstreamServer
 from tests.proxy_process import PROJECT_ROOT, ProxyProcess, free_port, start_proxy
@@ -99,9 +100,12 @@ class AggregatorProcess:
 
     def scrape(self) -> str:
         assert self.proc.poll() is None, self.log_path.read_text(errors="replace")[-3000:]
-        resp = httpx.get(
-            f"http://127.0.0.1:{self.port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
-        )
+        try:
+            resp = httpx.get(
+                f"http://127.0.0.1:{self.port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+            )
+        except httpx.ConnectError:  # not listening yet
+            return ""
         return resp.text if resp.status_code == 200 else ""
 
     def total(self, family: str, **labels: str) -> float:
@@ -208,14 +212,16 @@ def test_sigterm_flushes_every_answered_request(
 ) -> None:
     env = {"LSM_REDIS_URL": redis_url, "LSM_NAMESPACE": namespace}
     tally = Tally()
-    rounds = SIGNAL_DELAYS * (2 if mode == "uvicorn" else 1)
-    for i, delay in enumerate(rounds):
+    rounds = [(signal.SIGTERM, delay) for delay in SIGNAL_DELAYS]
+    if mode == "uvicorn":  # the plain start again, and Ctrl-C
+        rounds += [*rounds, (signal.SIGINT, 0.05)]
+    for i, (sig, delay) in enumerate(rounds):
         proxy = start_proxy(_config(upstream.api_base), tmp_path / f"proxy-{i}", env, START_MODES[mode])
         try:
             with _client(proxy) as client:
                 for _ in range(10):  # warm up: the first requests initialise LiteLLM's clients
                     assert _request(client, tally), proxy.log_tail()
-            burst_then_signal(proxy, signal.SIGTERM, delay, tally)
+            burst_then_signal(proxy, sig, delay, tally)
         finally:
             proxy.stop()
     assert tally.answered >= 10 * len(rounds)
@@ -283,3 +289,65 @@ def test_sigkill_loss_shows_in_the_counters(
     assert lost() == tally.answered == 30
     assert aggregator.total("lsm_shard_stat_total", stat="producer_exits_unclean") >= 1
     assert aggregator.total("litellm_proxy_total_requests_metric_total") == 0
+
+
+@pytest.fixture
+def aof_server() -> Iterator[LocalServer]:
+    """A private server that fsyncs every write: what it acknowledged survives its kill."""
+    server = LocalServer(appendonly=True).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_redis_down_at_stop_delays_it_by_the_shutdown_timeout_only(
+    upstream: FakeUpstreamServer, aof_server: LocalServer, tmp_path: Path
+) -> None:
+    """Redis is down when the proxy is stopped: the flush gives up after LSM_SHUTDOWN_TIMEOUT,
+    the process exits, and the events it held are counted as lost once Redis is back."""
+    namespace = f"lsmtest-{uuid.uuid4().hex[:12]}"
+    env = {
+        "LSM_REDIS_URL": aof_server.url,
+        "LSM_NAMESPACE": namespace,
+        "LSM_FLUSH_INTERVAL": "600",
+        "LSM_STATS_INTERVAL": "0.2",
+        "LSM_SHUTDOWN_TIMEOUT": "1",
+    }
+    tally = Tally()
+    client = redis.Redis.from_url(aof_server.url)
+    proxy = start_proxy(_config(upstream.api_base), tmp_path / "proxy", env)
+    try:
+        with _client(proxy) as http:
+            for _ in range(20):
+                assert _request(http, tally), proxy.log_tail()
+        wait_for(
+            lambda: sum(int(p.get("events_accepted", 0)) for p in _producer_hashes(client, namespace)) == 20,
+            timeout=30,
+            interval=0.1,
+        )
+        aof_server.kill()
+        started = time.monotonic()
+        os.kill(proxy.pid, signal.SIGTERM)
+        proxy.proc.wait(60)
+        stopped_in = time.monotonic() - started
+    finally:
+        proxy.stop()
+    # LiteLLM's own teardown plus at most LSM_SHUTDOWN_TIMEOUT; without the deadline the writer
+    # would retry forever.
+    assert stopped_in < 20, f"the proxy took {stopped_in:.1f} s to stop:\n{proxy.log_tail()}"
+    assert "shutdown deadline passed, 20 events dropped" in proxy.log_path.read_text(errors="replace")
+
+    aof_server.start()
+    aggregator = AggregatorProcess(aof_server.url, namespace, tmp_path)
+    try:
+
+        def lost() -> float:
+            return aggregator.total("lsm_shard_stat_total", stat="events_lost_unclean_exit")
+
+        wait_for(lambda: lost() >= 20, timeout=60, interval=0.5)
+        assert lost() == 20
+        assert aggregator.total("litellm_proxy_total_requests_metric_total") == 0
+    finally:
+        aggregator.stop()
+        client.close()
