@@ -50,6 +50,10 @@ DROP_REASONS = (
     "shutdown",
 )
 
+# What a buffered event costs in memory beyond its encoded length (the bytes object's header,
+# the allocator's rounding, the deque's slot): counted against LSM_BUFFER_MAX_BYTES.
+EVENT_MEMORY_OVERHEAD = 64
+
 
 def new_producer_id() -> str:
     host = socket.gethostname().replace(":", "_")[:64] or "host"
@@ -151,6 +155,11 @@ class Emitter:
         """Buffer one encoded event. Returns False (and counts why) when it is dropped."""
         n = len(data)
         s = self.settings
+        if len(self._buffer) >= s.batch_max_events:
+            # A backlog (Redis slow or down): keep an exact-size copy. orjson's output keeps an
+            # allocation of 4 KiB or more whatever its length; harmless for an event written
+            # within a flush interval, it would make a backlog cost 4-30x its counted bytes.
+            data = bytes(memoryview(data))
         lock = self._lock
         lock.acquire()
         try:
@@ -165,7 +174,8 @@ class Emitter:
             if buffered + self._inflight_events >= s.buffer_max_events:
                 c.dropped["buffer_full_events"] += 1
                 return False
-            if self._buffer_bytes + self._inflight_bytes + n > s.buffer_max_bytes:
+            held = buffered + self._inflight_events + 1
+            if self._buffer_bytes + self._inflight_bytes + n + EVENT_MEMORY_OVERHEAD * held > s.buffer_max_bytes:
                 c.dropped["buffer_full_bytes"] += 1
                 return False
             self._buffer.append(data)
