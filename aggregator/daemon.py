@@ -92,8 +92,7 @@ class Aggregator:
             safe_url(self.settings.redis_url, passwords_in(self.settings.redis_url)),
         )
         if self.server is not None:
-            address = self.server.start()
-            log.info("metrics: %s", address.metrics_url)
+            self.server.start()  # logs where it listens
         leadership = asyncio.create_task(self.leadership.run(self.stop))
         try:
             await self.budgets.start()

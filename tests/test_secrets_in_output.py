@@ -292,6 +292,7 @@ def test_aggregator_with_unreachable_redis_never_shows_the_password() -> None:
         port = agg.wait_line(r"serving .*127\.0\.0\.1:(\d+)")[1]
         status, body = get(f"http://127.0.0.1:{port}/readyz")
         assert status == 503
+        agg.wait_line(r"not ready: Redis unreachable: ")  # the detail goes to the log
     finally:
         log = agg.stop()
     assert_clean("the aggregator's log", log)
