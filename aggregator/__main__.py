@@ -11,10 +11,11 @@ import sys
 import redis
 
 from aggregator import dead_letters
-from aggregator.daemon import describe, run_aggregator, safe_url
+from aggregator.daemon import describe, run_aggregator
 from aggregator.litellm_config import ConfigError, MetricsConfig
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
 from producer.keys import Keys
+from producer.urls import passwords_in, safe_url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_aggregator(settings))
         return 0
     except (ConfigError, AggregatorConfigError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {safe_url(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -102,7 +103,10 @@ def dead_letters_command(settings: AggregatorSettings, args: argparse.Namespace)
             )
         return 0
     except redis.RedisError as exc:
-        print(f"cannot reach Redis at {safe_url(settings.redis_url)}: {exc}", file=sys.stderr)
+        print(
+            safe_url(f"cannot reach Redis at {settings.redis_url}: {exc}", passwords_in(settings.redis_url)),
+            file=sys.stderr,
+        )
         return 1
     finally:
         client.close()

@@ -22,6 +22,7 @@ from aggregator.litellm_config import MetricsConfig
 from aggregator.series_limits import build_limits
 from aggregator.settings import AggregatorSettings
 from producer.keys import Keys
+from producer.urls import passwords_in, safe_url
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
@@ -88,11 +89,10 @@ class Aggregator:
             self.settings.namespace,
             self.settings.shards,
             self.settings.group,
-            safe_url(self.settings.redis_url),
+            safe_url(self.settings.redis_url, passwords_in(self.settings.redis_url)),
         )
         if self.server is not None:
-            address = self.server.start()
-            log.info("metrics: %s", address.metrics_url)
+            self.server.start()  # logs where it listens
         leadership = asyncio.create_task(self.leadership.run(self.stop))
         try:
             await self.budgets.start()
@@ -114,14 +114,6 @@ class Aggregator:
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("received %s: finishing the batch in hand, then stopping", sig.name)
         self.stop.set()
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def tune_gc() -> None:

@@ -3,6 +3,8 @@ health (leader only too) and this process's own self-metrics (always)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -17,6 +19,11 @@ from aggregator.leadership import Leadership
 from aggregator.selfexport import ProcessCollector, RenderStats, SharedCollector
 from aggregator.settings import AggregatorSettings
 from producer.keys import Keys
+from producer.urls import passwords_in, safe_url
+
+log = logging.getLogger("litellm_stream_metrics.aggregator")
+
+NOT_READY_STARTING = "not ready: starting"
 
 
 class Exporter:
@@ -43,6 +50,8 @@ class Exporter:
         self.shared_registry = CollectorRegistry(auto_describe=False)
         self.shared_registry.register(SharedCollector(self.client, self.keys, settings.group))
         self.cache = RenderCache(settings.render_cache_seconds)
+        self._readiness_lock = threading.Lock()
+        self._readiness_detail: str | None = None
 
     def render(self, accept: str | None, names: frozenset[str] | None) -> tuple[bytes, str]:
         fmt, content_type = choose_format(accept)
@@ -67,19 +76,36 @@ class Exporter:
         return body
 
     def readiness(self) -> tuple[bool, str]:
+        """(ready, reason) for the open ``/readyz``: a few words. What exactly is wrong (the Redis
+        error, which stream) is logged, once per change, never served."""
+        ready, reason, detail = self._check_readiness()
+        with self._readiness_lock:
+            changed, self._readiness_detail = detail != self._readiness_detail, detail
+        if changed and detail is not None:
+            # Starting is normal (info); anything else needs a look (warning).
+            level = logging.INFO if reason == NOT_READY_STARTING else logging.WARNING
+            log.log(level, "not ready: %s", safe_url(detail, passwords_in(self.settings.redis_url)))
+        elif changed:
+            log.info("ready again")
+        return ready, reason
+
+    def _check_readiness(self) -> tuple[bool, str, str | None]:
+        """(ready, reason served, detail for the log or None when ready)."""
         try:
             self.client.ping()
             for c in self.consumers:
                 groups = self.client.xinfo_groups(c.stream)
                 if not any(_text(g["name"]) == self.settings.group for g in groups):
-                    return False, f"consumer group {self.settings.group} missing on {c.stream}"
+                    detail = f"consumer group {self.settings.group} missing on {c.stream}"
+                    return False, "not ready: consumer group missing", detail
         except redis.RedisError as exc:
-            return False, f"Redis unreachable: {type(exc).__name__}: {exc}"
+            return False, "not ready: Redis unreachable", f"Redis unreachable: {type(exc).__name__}: {exc}"
         not_started = [str(c.shard) for c in self.consumers if not c.ready]
         if not_started:
-            return False, f"shard consumer(s) {', '.join(not_started)} not started yet"
-        role = "exporting the business series" if self.leadership.is_leader() else "standby exporter"
-        return True, f"ready ({role})"
+            detail = f"shard consumer(s) {', '.join(not_started)} not started yet"
+            return False, NOT_READY_STARTING, detail
+        role = "leader" if self.leadership.is_leader() else "standby"
+        return True, f"ready ({role})", None
 
     def close(self) -> None:
         self.client.close()

@@ -1,5 +1,8 @@
 """The HTTP endpoints: ``/metrics`` (authenticated), ``/healthz`` and ``/readyz`` (open).
 
+The open endpoints answer with a status word and a short reason only: no host, port, key name
+or namespace (the details go to the log, and to the authenticated ``/metrics``).
+
 The server runs in its own threads (``ThreadingHTTPServer``) with a synchronous Redis client,
 so rendering a large exposition never blocks the event loop that consumes the stream.
 """
@@ -31,22 +34,39 @@ class MetricsSource(Protocol):
         ...
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): Redis reachable and every shard's consumer group in place."""
+        """(ready, reason): Redis reachable and every shard's consumer group in place. The reason
+        is served to anyone: a few words, nothing about where Redis is or what its keys are."""
         ...
 
 
 @dataclass(frozen=True)
 class ServerAddress:
+    """Where the server listens (``host`` as bound: ``0.0.0.0`` for every interface)."""
+
     host: str
     port: int
     scheme: str
 
     @property
+    def all_interfaces(self) -> bool:
+        return self.host in ("0.0.0.0", "", "::")
+
+    @property
     def metrics_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        """A URL of ``/metrics`` that works from this host (the loopback address when the server
+        listens on every interface)."""
+        host = ("::1" if self.host == "::" else "127.0.0.1") if self.all_interfaces else self.host
         if ":" in host:
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.port}/metrics"
+
+    def describe(self) -> str:
+        """What the start log says: the address really bound, then a URL to use."""
+        host = f"[{self.host}]" if ":" in self.host else self.host or "0.0.0.0"
+        where = f"{host}:{self.port}"
+        if self.all_interfaces:
+            return f"{where} (all interfaces; from this host: {self.metrics_url})"
+        return f"{where} ({self.metrics_url})"
 
 
 def _tls_context(settings: AggregatorSettings) -> ssl.SSLContext | None:
@@ -164,7 +184,7 @@ class MetricsServer:
 
     def start(self) -> ServerAddress:
         self._thread.start()
-        log.info("serving %s (and /healthz, /readyz)", self.address.metrics_url)
+        log.info("serving /metrics, /healthz, /readyz on %s", self.address.describe())
         return self.address
 
     def close(self) -> None:

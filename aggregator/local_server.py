@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from producer.urls import passwords_in, safe_url
+
 
 class ServerError(RuntimeError):
     """The server binary is missing or the server did not come up."""
@@ -173,6 +175,7 @@ def default_redis(log: Callable[[str], None] = print) -> tuple[str, LocalServer 
     127.0.0.1:6379 if it answers, else a private server started here (the caller closes it)."""
     given = os.environ.get("LSM_REDIS_URL") or os.environ.get("REDIS_URL")
     if given:
+        log(f"using Redis at {safe_url(given, passwords_in(given))}")
         return given, None
     if _ping(6379):
         log("using Redis at redis://127.0.0.1:6379/0")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from producer.keys import validate_namespace
 from producer.settings import DEFAULT_REDIS_URL
+from producer.urls import passwords_in, safe_url
 
 
 class AggregatorConfigError(ValueError):
@@ -120,7 +121,8 @@ class AggregatorSettings(BaseModel):
         if self.budget_source == "api" and (self.litellm_api_base is None or self.litellm_master_key is None):
             raise ValueError("budget_source 'api' needs litellm_api_base and litellm_master_key")
         if self.litellm_api_base is not None and not self.litellm_api_base.startswith(("http://", "https://")):
-            raise ValueError(f"litellm_api_base {self.litellm_api_base!r} is not an http:// or https:// URL")
+            shown = safe_url(self.litellm_api_base, passwords_in(self.litellm_api_base))
+            raise ValueError(f"litellm_api_base {shown!r} is not an http:// or https:// URL")
         return self
 
     @property
@@ -143,7 +145,7 @@ class AggregatorSettings(BaseModel):
     @classmethod
     def _url(cls, v: str) -> str:
         if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{v!r} is not a redis://, rediss:// or unix:// URL")
+            raise ValueError(f"{safe_url(v, passwords_in(v))!r} is not a redis://, rediss:// or unix:// URL")
         return v
 
     @model_validator(mode="after")
@@ -174,8 +176,14 @@ class AggregatorSettings(BaseModel):
 
             try:
                 loaded = yaml.safe_load(Path(path).read_text()) or {}
+            except yaml.MarkedYAMLError as exc:
+                # Not str(exc): it quotes the offending line, which may hold a URL with its password.
+                mark = exc.problem_mark or exc.context_mark
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                what = "; ".join(p for p in (exc.context, exc.problem) if p)
+                raise AggregatorConfigError(f"cannot read settings file {path}: {what}{where}") from None
             except (OSError, yaml.YAMLError) as exc:
-                raise AggregatorConfigError(f"cannot read settings file {path}: {exc}") from exc
+                raise AggregatorConfigError(f"cannot read settings file {path}: {safe_url(str(exc))}") from exc
             if not isinstance(loaded, dict):
                 raise AggregatorConfigError(f"settings file {path} must hold a mapping of setting: value")
             values.update(loaded)
@@ -202,4 +210,22 @@ class AggregatorSettings(BaseModel):
                 f"LSM_{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
                 for err in exc.errors()
             )
-            raise AggregatorConfigError(f"invalid aggregator settings: {problems}") from None
+            raise AggregatorConfigError(
+                safe_url(f"invalid aggregator settings: {problems}", url_secrets(values))
+            ) from None
+
+
+URL_SETTINGS = ("redis_url", "database_url", "litellm_api_base")
+
+
+def url_secrets(values: Mapping[str, Any]) -> list[str]:
+    """The passwords in the URL settings among ``values`` (raw values or ``AggregatorSettings``
+    fields), for ``safe_url(message, hide=...)``."""
+    found: list[str] = []
+    for name in URL_SETTINGS:
+        value = values.get(name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            found += passwords_in(value)
+    return found

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from producer.keys import validate_namespace
+from producer.urls import passwords_in, safe_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -54,7 +55,8 @@ class ProducerSettings:
         except ValueError as exc:
             raise ProducerConfigError(f"LSM_NAMESPACE: {exc}") from exc
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ProducerConfigError(f"LSM_REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL")
+            shown = safe_url(self.redis_url, passwords_in(self.redis_url))
+            raise ProducerConfigError(f"LSM_REDIS_URL: {shown!r} is not a redis://, rediss:// or unix:// URL")
         positive = (
             "shards",
             "buffer_max_events",

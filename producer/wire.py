@@ -21,6 +21,8 @@ the fields listed for its kind in ``docs/wire-format.md``. Absent optional field
 
 from __future__ import annotations
 
+import enum
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -307,12 +309,75 @@ def _default(value: object) -> object:
     return str(value)
 
 
+# What orjson writes: integers in [-2**63, 2**64 - 1], UTF-8 text, at most 254 nested containers.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_MAX_DEPTH = 254
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _usable_text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:  # lone surrogates (e.g. a "\ud800" escape in a request's JSON)
+        return _SURROGATE.sub("\ufffd", value)
+
+
+def _usable_int(value: int) -> float | None:
+    try:
+        return float(value)
+    except OverflowError:  # beyond any float: like an infinite float, which orjson writes as null
+        return None
+
+
+def _usable_key(key: object) -> object:
+    if isinstance(key, str):
+        return _usable_text(key)
+    if isinstance(key, int) and not isinstance(key, bool) and not _INT_MIN <= key <= _INT_MAX:
+        return repr(_usable_int(key))  # a key stays a key (its digits may exceed Python's str limit)
+    return key
+
+
+def _usable(value: object, depth: int = 0) -> object:
+    """A copy of ``value`` with what JSON (orjson) cannot carry replaced, everything else as is:
+    an integer beyond 64 bits becomes the nearest float (what a JSON reader, orjson included,
+    makes of its digits anyway; null beyond the float range), text with lone surrogates gets
+    U+FFFD in their place, a container nested deeper than 254 levels (or a cycle) becomes null."""
+    if isinstance(value, str):
+        return _usable_text(value)
+    if isinstance(value, enum.Enum):
+        return _usable(value.value, depth)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if _INT_MIN <= value <= _INT_MAX else _usable_int(value)
+    if isinstance(value, (dict, list, tuple)):
+        if depth >= _MAX_DEPTH:
+            return None
+        if isinstance(value, dict):
+            return {_usable_key(k): _usable(v, depth + 1) for k, v in value.items()}
+        return [_usable(v, depth + 1) for v in value]
+    return value
+
+
+def _usable_default(value: object) -> object:
+    return _usable_text(str(value))
+
+
 def encode_event(event: Mapping[str, Any] | list[Any]) -> bytes:
-    """Serialise one event. Non-string keys and exotic values are stringified, never rejected."""
+    """Serialise one event. Non-string keys and exotic values are stringified, values JSON
+    cannot carry are replaced (``_usable``): an event is never rejected for one odd value.
+
+    The usual event takes the first ``dumps`` alone; the others only run when it fails."""
     try:
         return orjson.dumps(event)
     except TypeError:
+        pass
+    try:
         return orjson.dumps(event, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, lone surrogates, depth
+        return orjson.dumps(_usable(event), default=_usable_default, option=orjson.OPT_NON_STR_KEYS)
 
 
 def entry_header(producer_id: str, seq: int, count: int, codec: str, built_at: float) -> dict[str, bytes]:

@@ -1113,3 +1113,79 @@ async def test_hooks_never_raise_on_garbage(
     stats = producer_stats(redis_client, namespace, logger.emitter.producer_id)
     assert int(stats["events_dropped_extract_error"]) == c["extract_error"]
     assert int(stats["events_skipped"]) == c["skipped"]
+
+
+# -- 10. values JSON cannot carry: that value is replaced, the event still travels --------------------
+
+HUGE = 2**70  # beyond the 64 bits orjson writes
+
+
+def _mock_response(prompt_tokens: int, headers: dict[str, Any]) -> litellm.ModelResponse:
+    """A provider response as LiteLLM builds it, with the usage and response headers given."""
+    response = litellm.ModelResponse(
+        model=MODEL,
+        choices=[{"message": {"role": "assistant", "content": "fine"}}],
+        usage={"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": prompt_tokens + 5},
+    )
+    response._hidden_params = {"additional_headers": headers}
+    return response
+
+
+async def test_integers_beyond_64_bits_and_lone_surrogates_do_not_drop_the_event(
+    logger: StreamMetricsLogger, redis_client: redis.Redis, namespace: str
+) -> None:
+    from aggregator.engine import Engine
+    from aggregator.litellm_config import MetricsConfig
+    from aggregator.state import Delta
+
+    metadata = {
+        **PROXY_METADATA,
+        "user_agent": "curl/\ud800 8.5",  # a "\ud800" escape in a request's JSON decodes to this
+        "user_api_key_spend": 0.5,
+        "user_api_key_max_budget": HUGE,
+        "queue_time_seconds": 10**400,  # beyond any float
+        "anything": {"deep": [HUGE, -HUGE]},
+    }
+    headers = {"x-ratelimit-remaining-requests": 99, "x-ratelimit-remaining-tokens": HUGE}
+    # 1. Huge values in the request metadata and the provider's headers only.
+    await litellm.acompletion(
+        model=MODEL, messages=MESSAGES, mock_response=_mock_response(7, headers), metadata=dict(metadata)
+    )
+    # 2. A token count beyond 64 bits.
+    await litellm.acompletion(
+        model=MODEL, messages=MESSAGES, mock_response=_mock_response(HUGE, headers), metadata=dict(PROXY_METADATA)
+    )
+    await wait_events(redis_client, namespace, kinds_at_least(success=2))
+    events = await finish(logger, redis_client, namespace)
+
+    assert counters(logger) == {"accepted": 2, "skipped": 0, "extract_error": 0}
+    stats = producer_stats(redis_client, namespace, logger.emitter.producer_id)
+    assert stats["events_dropped_extract_error"] == "0" and stats["events_sent"] == "2"
+    first, second = events
+    for ev in events:
+        assert_identity(ev)
+        assert ev["model"] == MODEL and ev["api_provider"] == "openai"
+        assert ev["completion_tokens"] == 5 and ev["response_cost"] > 0
+        assert latency_of(ev)["total"] > 0
+    # Only the values JSON cannot carry changed: the nearest float, null beyond the float range,
+    # U+FFFD for a lone surrogate.
+    assert (first["prompt_tokens"], first["total_tokens"]) == (7, 12)
+    assert first["user_agent"] == "curl/\ufffd 8.5"
+    assert first["latency_queue"] is None
+    budget = dict(zip(wire.BUDGET_FIELDS, first["budget"], strict=True))
+    assert budget["user_api_key_spend"] == 0.5
+    assert budget["user_api_key_max_budget"] == float(HUGE)
+    assert wire.headers_as_dict(first["headers"]) == {
+        "x_ratelimit_remaining_requests": 99,
+        "x_ratelimit_remaining_tokens": float(HUGE),
+    }
+    assert second["prompt_tokens"] == float(HUGE) and second["user_agent"] == "curl/8.5.0"
+
+    # The aggregator reads them as it reads any other number: the first event counts (its huge
+    # header is just a large gauge reading), the second is rejected as a whole for its token
+    # count above 10^15 (docs/compatibility.md, item 9), and counted as such.
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+    delta = Delta()
+    assert engine.add_event(delta, first) is True
+    assert engine.add_event(delta, second) is False
+    assert delta.stats == {"events_applied_success": 1, "events_rejected_invalid_tokens": 1}

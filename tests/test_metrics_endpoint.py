@@ -10,8 +10,13 @@ import datetime
 import gzip
 import ipaddress
 import logging
+import os
+import re
 import signal
+import socket
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -142,10 +147,10 @@ async def test_credentials_are_required_and_a_401_carries_no_series(running: Run
         for s in f.samples
     }
     assert series["litellm_requests_metric"] == 50  # 50 distinct (key, model) label sets
-    # Health endpoints stay open.
-    assert (await asyncio.to_thread(fetch, running.base + "/healthz"))[0] == 200
+    # Health endpoints stay open, and say only a status word and a few words more.
+    assert (await asyncio.to_thread(fetch, running.base + "/healthz"))[:3:2] == (200, b"ok\n")
     status, _, body = await asyncio.to_thread(fetch, running.base + "/readyz")
-    assert status == 200 and body.startswith(b"ready")
+    assert status == 200 and body in (b"ready (leader)\n", b"ready (standby)\n")
 
 
 async def test_gzip_openmetrics_and_name_filter(running: Running) -> None:
@@ -247,16 +252,86 @@ def test_bad_tls_files_fail_at_start_with_a_clear_message(redis_url: str, namesp
         Aggregator(agg_settings(redis_url, namespace, tls_cert_file=missing, tls_key_file=missing), serve_http=True)
 
 
-async def test_readyz_reports_unreachable_redis(namespace: str) -> None:
+async def test_readyz_reports_unreachable_redis(namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The open endpoint says why in a few words; where Redis is and what failed go to the log."""
     r = await start(agg_settings("redis://127.0.0.1:1/0", namespace, connect_timeout=0.2, socket_timeout=0.5))
     try:
-        status, _, body = await asyncio.to_thread(fetch, r.base + "/readyz")
-        assert status == 503 and b"Redis unreachable" in body
+        with caplog.at_level(logging.WARNING, logger="litellm_stream_metrics.aggregator"):
+            for _ in range(3):  # the detail is logged once, not at every probe
+                status, _, body = await asyncio.to_thread(fetch, r.base + "/readyz")
+                assert (status, body) == (503, b"not ready: Redis unreachable\n")
+        detail = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("not ready:")]
+        assert len(detail) == 1 and "Redis unreachable: " in detail[0] and "127.0.0.1:1" in detail[0], detail
         assert (await asyncio.to_thread(fetch, r.base + "/healthz"))[0] == 200
         status, _, body = await asyncio.to_thread(fetch, r.url, bearer())
         assert status == 200 and b"litellm_" not in body  # not the leader: no business series
     finally:
         await r.stop()
+
+
+async def test_readyz_names_no_key_or_namespace(
+    redis_url: str, namespace: str, redis_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = await start(agg_settings(redis_url, namespace))
+    try:
+        await until(lambda: fetch(r.base + "/readyz")[0] == 200, what="ready")
+        stream = Keys(namespace).stream(0)
+        with caplog.at_level(logging.WARNING, logger="litellm_stream_metrics.aggregator"):
+            redis_client.xgroup_destroy(stream, "aggregators")
+            _, _, body = await until(lambda: (got := fetch(r.base + "/readyz"))[0] == 503 and got, what="not ready")
+        assert body == b"not ready: consumer group missing\n"
+        assert namespace.encode() not in body and b"aggregators" not in body
+        assert any(stream in rec.getMessage() and "aggregators" in rec.getMessage() for rec in caplog.records)
+    finally:
+        await r.stop()
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _serving_line(host: str, redis_url: str, namespace: str) -> tuple[str, int, bool]:
+    """The start line of a real ``python -m aggregator run`` told to listen on ``host``, its
+    port, and whether it answers on 127.0.0.2 (any interface but the first loopback address:
+    Linux routes all of 127/8 to the loopback interface)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "LSM_REDIS_URL": redis_url,
+        "LSM_NAMESPACE": namespace,
+        "LSM_HTTP_HOST": host,
+        "LSM_HTTP_PORT": "0",
+        "LSM_METRICS_BEARER_TOKEN": TOKEN,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "aggregator", "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        for line in proc.stderr:
+            lines.append(line)
+            if m := re.search(r"serving (.*)", line):
+                port = int(re.findall(r":(\d+)", m[1])[0])
+                assert fetch(f"http://127.0.0.1:{port}/healthz")[0] == 200
+                return m[1], port, _answers("127.0.0.2", port)
+        raise AssertionError("".join(lines))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_start_line_says_where_it_really_listens(redis_url: str, namespace: str) -> None:
+    said, port, elsewhere = _serving_line("0.0.0.0", redis_url, namespace)
+    assert said == (
+        f"/metrics, /healthz, /readyz on 0.0.0.0:{port} (all interfaces; from this host: http://127.0.0.1:{port}/metrics)"
+    )
+    assert elsewhere  # it does listen on every interface
+    said, port, elsewhere = _serving_line("127.0.0.1", redis_url, namespace)
+    assert said == f"/metrics, /healthz, /readyz on 127.0.0.1:{port} (http://127.0.0.1:{port}/metrics)"
+    assert not elsewhere
 
 
 async def test_exactly_one_process_exports_and_a_clean_stop_hands_over(redis_url: str, namespace: str) -> None:

@@ -317,6 +317,70 @@ def test_encode_event_never_raises_on_unserialisable_str() -> None:
     assert orjson.loads(encode_event({"kind": "success", "x": Broken()}))["x"] == "broken"
 
 
+class _Huge(enum.IntEnum):
+    BIG = 2**70
+
+
+def test_encode_event_replaces_only_what_json_cannot_carry() -> None:
+    """orjson refuses integers beyond 64 bits, lone surrogates and nesting deeper than 254: the
+    value is replaced, the event still travels with everything else as it was."""
+    cyclic: dict[str, object] = {}
+    cyclic["self"] = cyclic
+    deep: list[object] = ["bottom"]
+    for _ in range(300):
+        deep = [deep]
+    event = [
+        SUCCESS,
+        1.5,
+        2**64 - 1,  # the limits themselves are fine
+        -(2**63),
+        2**64,
+        -(2**63) - 1,
+        10**400,  # beyond any float: null, like an infinite float
+        -(10**5000),  # more digits than Python's int -> str conversion allows
+        _Huge.BIG,
+        "a\ud800b\udfff",
+        {2**70: "huge key", "k\ud800": "surrogate key", 3: "int key"},
+        (1, 2**70),
+        cyclic,
+        deep,
+        Decimal("0.5"),
+        dt.datetime(2024, 5, 6, 7, 8, 9),
+    ]
+    decoded = orjson.loads(encode_event(event))
+    assert decoded[:10] == [
+        SUCCESS,
+        1.5,
+        2**64 - 1,
+        -(2**63),
+        float(2**64),
+        float(-(2**63) - 1),
+        None,
+        None,
+        float(2**70),
+        "a\ufffdb\ufffd",
+    ]
+    assert decoded[10] == {repr(float(2**70)): "huge key", "k\ufffd": "surrogate key", "3": "int key"}
+    assert decoded[11] == [1, float(2**70)]
+    level, depth = decoded[12], 1
+    while level is not None:
+        level, depth = level["self"], depth + 1
+    assert depth == 254  # the cycle is cut where orjson's nesting limit is
+    level, depth = decoded[13], 1
+    while isinstance(level, list) and level != ["bottom"]:
+        level, depth = level[0], depth + 1
+    assert level is None and depth == 254
+    assert decoded[14:] == ["0.5", "2024-05-06T07:08:09"]
+    # And the entry decodes.
+    fields = _as_redis(encode_entry("p", 1, [encode_event(event)], 0.0))
+    assert decode_entry(fields).events[0]["t"] == 1.5
+
+
+def test_encode_event_usual_events_take_the_plain_encoding() -> None:
+    event = [SUCCESS, 1.5, "key", 12, None, dt.datetime(2024, 5, 6, 7, 8, 9), [1, None]]
+    assert encode_event(event) == orjson.dumps(event)
+
+
 @pytest.mark.parametrize("extra", [0, -20, 3])
 def test_positional_1x_success_events_decode_to_every_field(extra: int) -> None:
     """Exactly as many values as fields (the usual case), fewer (missing trailing fields are

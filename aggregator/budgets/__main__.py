@@ -23,6 +23,7 @@ from aggregator.budgets.jobs import BudgetJobs
 from aggregator.engine import Engine
 from aggregator.litellm_config import ConfigError, MetricsConfig
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
+from producer.urls import safe_url
 
 
 def _jobs(settings: AggregatorSettings, registry: CollectorRegistry) -> BudgetJobs:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run(settings, args.metrics_port))
         return 0
     except (ConfigError, AggregatorConfigError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {safe_url(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode
 import psycopg
 
 from aggregator.budgets.model import BudgetRow, Counts, Page, SourceError, finite, to_epoch
+from producer.urls import passwords_in, safe_url
 
 UI_SESSION_TOKEN_TEAM_ID = "litellm-dashboard"  # litellm.constants.UI_SESSION_TOKEN_TEAM_ID
 
@@ -155,6 +156,7 @@ class DatabaseSource:
         default_customer_budget_id: str | None = None,
     ) -> None:
         self.url, self.schema = libpq_url(url)
+        self._secrets = passwords_in(url)  # masked in every message (libpq may quote them)
         self.page_size = page_size
         self.statement_timeout = statement_timeout
         self.connect_timeout = connect_timeout
@@ -177,7 +179,7 @@ class DatabaseSource:
                 self.connect_timeout + 1,
             )
         except (psycopg.Error, OSError, asyncio.TimeoutError) as exc:
-            raise SourceError(f"cannot connect to the LiteLLM database: {_describe(exc)}") from exc
+            raise SourceError(f"cannot connect to the LiteLLM database: {_describe(exc, self._secrets)}") from exc
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -196,7 +198,7 @@ class DatabaseSource:
         except (psycopg.Error, OSError, asyncio.TimeoutError) as exc:
             # The connection may be unusable now (cancelled mid-statement): drop it.
             await self.close()
-            raise SourceError(f"reading the LiteLLM database failed: {_describe(exc)}") from exc
+            raise SourceError(f"reading the LiteLLM database failed: {_describe(exc, self._secrets)}") from exc
 
     @staticmethod
     async def _run(conn: psycopg.AsyncConnection[Any], query: str, params: Any) -> list[tuple[Any, ...]]:
@@ -254,8 +256,9 @@ class DatabaseSource:
         return Counts(int(total), max(0, int(total) - int(deactivated)), int(teams), read_at)
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "timed out"
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    # libpq may quote the connection string it could not use, password included.
+    return safe_url(f"{type(exc).__name__}: {text[0] if text else ''}", secrets)
