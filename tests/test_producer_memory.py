@@ -36,7 +36,8 @@ FILL_UNTIL_FULL = textwrap.dedent(
     while not counters.dropped["buffer_full_bytes"]:
         logger.increment_callback_logging_failure(callback_name=f"cb-{offered}-{pad}")
         offered += 1
-    print(json.dumps({"grown": rss() - before, "accepted": counters.accepted, "payload": logger.emitter.snapshot()["buffer_bytes"]}))
+    payload = logger.emitter.snapshot()["buffer_bytes"]
+    print(json.dumps({"grown": rss() - before, "accepted": counters.accepted, "payload": payload}))
     """
 )
 
