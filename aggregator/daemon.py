@@ -57,7 +57,7 @@ class Aggregator:
     ) -> None:
         self.settings = settings
         self.config = config or load_metrics_config(settings)
-        self.engine = Engine(self.config)
+        self.engine = Engine(self.config, settings.max_label_value_length)
         self.client = create_client(settings)
         schemas = {
             mkey: self.engine.label_names(m.name)

@@ -157,6 +157,12 @@ class SharedCollector:
                 "Gauge updates dropped because the metric reached its series cap",
                 labels=["metric"],
             ),
+            CounterMetricFamily(
+                "lsm_label_values_truncated",
+                "Events (and budget refresh rows) whose value of this label was longer than "
+                "LSM_MAX_LABEL_VALUE_LENGTH and was truncated",
+                labels=["label"],
+            ),
             CounterMetricFamily("lsm_producer_events_sent", "Events the producer reports sent", labels=["producer"]),
             CounterMetricFamily("lsm_producer_events_applied", "Events applied", labels=["producer"]),
             CounterMetricFamily(
@@ -177,7 +183,13 @@ class SharedCollector:
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         now = time.time()
         f = self._families()
-        series_limit_stats: dict[str, dict[str, int]] = {"series_overflow": {}, "series_dropped": {}}
+        # Shard stats "<kind>:<name>" summed over shards into one family each, labelled by name.
+        by_name: dict[str, str] = {
+            "series_overflow": "lsm_series_overflow",
+            "series_dropped": "lsm_series_dropped",
+            "label_truncated": "lsm_label_values_truncated",
+        }
+        named_stats: dict[str, dict[str, int]] = {kind: {} for kind in by_name}
         for shard in range(self.keys.shards):
             h = shard_health(self.client, self.keys, shard, self.group, now)
             s = str(shard)
@@ -188,15 +200,15 @@ class SharedCollector:
             f["lsm_oldest_pending_age_seconds"].add_metric([s], h.oldest_pending_age)
             f["lsm_group_consumers"].add_metric([s], float(h.consumers))
             for stat, value in sorted(h.stats.items()):
-                kind, _, metric = stat.partition(":")
-                if metric and kind in series_limit_stats:
-                    totals = series_limit_stats[kind]
-                    totals[metric] = totals.get(metric, 0) + value
+                kind, _, name = stat.partition(":")
+                if name and kind in named_stats:
+                    totals = named_stats[kind]
+                    totals[name] = totals.get(name, 0) + value
                 else:
                     f["lsm_shard_stat"].add_metric([s, stat], float(value))
-        for kind, by_metric in series_limit_stats.items():
-            for metric, value in sorted(by_metric.items()):
-                f[f"lsm_{kind}"].add_metric([metric], float(value))
+        for kind, totals in named_stats.items():
+            for name, value in sorted(totals.items()):
+                f[by_name[kind]].add_metric([name], float(value))
         for p in producer_health(self.client, self.keys):
             if now - p.last_report > PRODUCER_REPORT_WINDOW:
                 continue

@@ -19,6 +19,9 @@ from producer.keys import validate_namespace
 from producer.settings import DEFAULT_REDIS_URL
 from producer.urls import passwords_in, safe_url
 
+#: Default of ``LSM_MAX_LABEL_VALUE_LENGTH`` (the engine's own default).
+DEFAULT_MAX_LABEL_VALUE_LENGTH = 1024
+
 
 class AggregatorConfigError(ValueError):
     """Invalid aggregator settings; the message names the setting."""
@@ -58,6 +61,9 @@ class AggregatorSettings(BaseModel):
     # A gauge's removal record (which stops older writes from bringing the series back) is kept
     # this long, then forgotten.
     gauge_removal_memory_seconds: float = Field(86400.0, gt=0)
+    # Longest label value exported, in UTF-8 bytes: a longer one is cut and ends with "...#" and
+    # 16 hex digits of its SHA-256 (deterministic, and distinct long values stay distinct).
+    max_label_value_length: int = Field(DEFAULT_MAX_LABEL_VALUE_LENGTH, ge=64, le=65536)
     # /metrics, /healthz, /readyz.
     http_host: str = "0.0.0.0"
     http_port: int = Field(9464, ge=0, le=65535)
