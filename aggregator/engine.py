@@ -8,7 +8,9 @@ values are read and checked first and only added to the batch delta when nothing
 Label values are stored as LiteLLM renders them: sanitised (spec §2.1) and ``None`` as the
 string ``"None"``; then a value longer than ``max_label_value_length`` bytes
 (``LSM_MAX_LABEL_VALUE_LENGTH``) is cut and ends with a digest of the whole value
-(:func:`truncate_label_value`), in every series whatever the path.
+(:func:`truncate_label_value`), in every series whatever the path. ``end_user`` is ``"None"``
+unless the configuration opts in (LiteLLM's ``enable_end_user_cost_tracking_prometheus_only``),
+whatever the event carries.
 
 Success events (nine in ten events) take a faster path than the other kinds: the series they
 update depend only on the caller's identity (label fields, custom and tag labels) and a few
@@ -427,6 +429,12 @@ class Engine:
         self.config = config
         #: Longest label value written, in UTF-8 bytes; longer ones are truncated (``truncate_label_value``).
         self.max_label_value_length = max_label_value_length
+        # LiteLLM's end_user label is a real id only with the opt-in; otherwise it is "None",
+        # whatever an event carries (the end-user series caps exist only with the opt-in too).
+        self._end_user_tracking = config.end_user_tracking
+        self._success_label_fields = tuple(
+            f for f in _SUCCESS_LABEL_FIELDS if self._end_user_tracking or f != "end_user"
+        )
         self._labels: dict[str, tuple[str, ...]] = {}
         # (label name, value when the event does not set it) per metric: LiteLLM renders a missing
         # value "None", except a configured tag label, which is "false" whenever the request's
@@ -581,6 +589,9 @@ class Engine:
         key = self._key(ops, name, labels)
         if key is not None:
             ops.gauges.append((key, value))
+
+    def _end_user(self, value: object) -> str:
+        return sanitize(value) if self._end_user_tracking else "None"
 
     # -- label sets ---------------------------------------------------------------------------------
 
@@ -780,7 +791,7 @@ class Engine:
             user_alias = _padded(budget, _N_BUDGET)[_B["user_api_key_user_alias"]]
         mcp_tool, mcp_server = g("mcp_tool"), g("mcp_server")
         key = (
-            *map(g, _SUCCESS_LABEL_FIELDS),
+            *map(g, self._success_label_fields),
             _frozen(g("custom_labels")),
             _frozen(g("tag_labels")),
             # What else picks the label values of some series (see _success_label_sets).
@@ -879,7 +890,7 @@ class Engine:
         stream = g("stream")
         return self._with_extras(
             {
-                "end_user": sanitize(g("end_user")),
+                "end_user": self._end_user(g("end_user")),
                 "hashed_api_key": sanitize(g("hashed_api_key")),
                 "api_key_alias": sanitize(g("api_key_alias")),
                 "requested_model": sanitize(g("model_group")),
@@ -959,7 +970,7 @@ class Engine:
         g = ev.get
         labels = self._with_extras(
             {
-                "end_user": sanitize(g("end_user")),
+                "end_user": self._end_user(g("end_user")),
                 "hashed_api_key": sanitize(g("hashed_api_key")),
                 "api_key_alias": sanitize(g("api_key_alias")),
                 "model": sanitize(g("model")),
@@ -1045,6 +1056,7 @@ class Engine:
         )
         labels["status_code"] = labels["exception_status"] = sanitize(status)
         labels["stream"] = sanitize(str(g("stream")))
+        labels["end_user"] = self._end_user(g("end_user"))
         self._inc(ops, "litellm_proxy_failed_requests_metric", labels)
         self._inc(ops, "litellm_proxy_total_requests_metric", labels)
 

@@ -393,7 +393,10 @@ def main() -> int:
                 kwargs["litellm_params"]["user_api_key_end_user_id"] = f"end-user-{bench_id}-{i}"
         ns = f"lsmbench-agg-{bench_id}-{scenario}"
         try:
-            config = MetricsConfig.from_litellm_settings({})
+            # The aggregator reads the same opt-in as the producer (without it, end_user is "None").
+            config = MetricsConfig.from_litellm_settings(
+                {"enable_end_user_cost_tracking_prometheus_only": True} if worst else {}
+            )
             what = " then ".join(f"{name} ({len(c):,} calls)" for name, c in phases)
             print(f"[{scenario}] producing and applying with one aggregator: {what} ...", file=sys.stderr)
             results = asyncio.run(

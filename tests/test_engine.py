@@ -195,7 +195,6 @@ SUCCESS_ROWS: list[tuple[str, str, dict[str, Any], dict[str, str], Expected]] = 
     ("total_tokens", "litellm_total_tokens_metric", {}, {}, 30.0),
     ("input_tokens", "litellm_input_tokens_metric", {}, {}, 10.0),
     ("output_tokens", "litellm_output_tokens_metric", {}, {}, 20.0),
-    ("end_user_opted_in", "litellm_requests_metric", {"end_user": "cust-1"}, {"end_user": "cust-1"}, 1.0),
     ("proxy_total", "litellm_proxy_total_requests_metric", {}, {}, 1.0),
     (
         "proxy_total_after_fallback",
@@ -917,6 +916,47 @@ def test_the_caches_keep_no_long_value() -> None:
     assert max(longest(k) for k in engine._plans) <= LIMIT
     assert max(longest(k) for k in engine._series_cache) <= LIMIT
     assert max(len(s.encode()) for s in engine._series_cache.values()) <= 40 * LIMIT
+
+
+# --------------------------------------------------------------------------------------------
+# end_user: a real id only with LiteLLM's opt-in (enable_end_user_cost_tracking_prometheus_only),
+# read from the aggregator's own configuration, whatever the event carries.
+
+OPTED_IN = Engine(MetricsConfig.from_litellm_settings({"enable_end_user_cost_tracking_prometheus_only": True}))
+
+
+def end_users(engine: Engine, delta: Delta) -> set[str | None]:
+    """The end_user values of every series the delta touches."""
+    found: set[str | None] = set()
+    for mdef in engine.config.metrics():
+        if "end_user" not in mdef.labels:
+            continue
+        mkey = engine.metric_key(mdef.name)
+        at = engine.label_names(mdef.name).index("end_user")
+        for k, series in [*delta.counters, *delta.histograms, *delta.gauges]:
+            if k == mkey:
+                found.add(decode_series(series)[at])
+    return found
+
+
+@pytest.mark.parametrize("opted_in", [False, True])
+def test_end_user_label_needs_the_opt_in(opted_in: bool) -> None:
+    engine = OPTED_IN if opted_in else Engine(MetricsConfig.from_litellm_settings({}))
+    events = [
+        success(end_user="cust-1", mcp_tool="search", mcp_server="srv"),
+        failure(end_user="cust-1"),
+        {**POST_CALL, "end_user": "cust-1"},
+    ]
+    for event in events:
+        delta = _delta_of(engine, event)
+        assert end_users(engine, delta) == ({"cust-1"} if opted_in else {"None"}), event["kind"]
+
+
+def test_without_the_opt_in_end_users_share_one_plan() -> None:
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+    delta = _delta_of(engine, *(success(end_user=f"cust-{i}") for i in range(1000)))
+    assert len(touched(delta, "litellm_requests_metric")) == 1
+    assert len(engine._plans) == 1  # the end user is not part of the identity either
 
 
 @pytest.mark.parametrize(("value", "rendered"), [(None, "None"), (5, "5"), (1.5, "1.5"), (True, "True"), ("sk", "sk")])
