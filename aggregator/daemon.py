@@ -68,7 +68,7 @@ class Aggregator:
             ShardConsumer(self.client, settings, shard, self.engine.build_delta, schemas)
             for shard in range(settings.shards)
         ]
-        limits = build_limits(self.engine)
+        limits = build_limits(self.engine, settings.max_series_per_metric)
         gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := self.engine.metric_key(m.name))]
         for c in self.consumers:
             c.applier.limits = limits

@@ -21,6 +21,8 @@ from producer.urls import passwords_in, safe_url
 
 #: Default of ``LSM_MAX_LABEL_VALUE_LENGTH`` (the engine's own default).
 DEFAULT_MAX_LABEL_VALUE_LENGTH = 1024
+#: Default of ``LSM_MAX_SERIES_PER_METRIC``.
+DEFAULT_MAX_SERIES_PER_METRIC = 20_000
 
 
 class AggregatorConfigError(ValueError):
@@ -64,6 +66,10 @@ class AggregatorSettings(BaseModel):
     # Longest label value exported, in UTF-8 bytes: a longer one is cut and ends with "...#" and
     # 16 hex digits of its SHA-256 (deterministic, and distinct long values stay distinct).
     max_label_value_length: int = Field(DEFAULT_MAX_LABEL_VALUE_LENGTH, ge=64, le=65536)
+    # Series cap (label sets per shard) of the metrics with a label a client chooses (user agent,
+    # client IP, route, MCP tool, custom metadata labels) when litellm_settings has no valid
+    # prometheus_metrics_max_series_per_metric; 0: no cap.
+    max_series_per_metric: int = Field(DEFAULT_MAX_SERIES_PER_METRIC, ge=0)
     # /metrics, /healthz, /readyz.
     http_host: str = "0.0.0.0"
     http_port: int = Field(9464, ge=0, le=65535)
