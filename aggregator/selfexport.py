@@ -38,15 +38,39 @@ class RenderStats:
     # Label sets per metric in the last full render, and series skipped (unreadable) since start.
     series: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
+    # Renders that failed ("error") or left families out ("too_large"); the last render's state.
+    errors: dict[str, int] = field(default_factory=dict)
+    incomplete: bool = False
+    omitted: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, fmt: str, seconds: float, size: int, series: dict[str, int], skipped: int) -> None:
+    def record(
+        self,
+        fmt: str,
+        seconds: float,
+        size: int,
+        series: dict[str, int],
+        skipped: int,
+        omitted: dict[str, int] | None = None,
+        failed: bool = False,
+    ) -> None:
         with self.lock:
             self.seconds_sum[fmt] = self.seconds_sum.get(fmt, 0.0) + seconds
             self.count[fmt] = self.count.get(fmt, 0) + 1
             self.last_bytes[fmt] = size
             self.series = dict(series)
             self.skipped = skipped
+            self.omitted = dict(omitted or {})
+            self.incomplete = failed or bool(self.omitted)
+            for reason, happened in (("error", failed), ("too_large", bool(self.omitted))):
+                if happened:
+                    self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def standby(self) -> None:
+        """Not the exporter: no business series are missing from this process's answers."""
+        with self.lock:
+            self.incomplete = False
+            self.omitted = {}
 
 
 class ProcessCollector:
@@ -121,7 +145,26 @@ class ProcessCollector:
                 "lsm_render_skipped_series", "Stored series left out of renders because they could not be read"
             )
             skipped.add_metric([], float(r.skipped))
-        yield from (render, size, hits, series, skipped)
+            errors = CounterMetricFamily(
+                "lsm_render_errors",
+                "Business renders that failed (error: served without the business series) or left families out "
+                "(too_large: over LSM_RENDER_MAX_FIELDS)",
+                labels=["reason"],
+            )
+            for reason in ("error", "too_large"):
+                errors.add_metric([reason], float(r.errors.get(reason, 0)))
+            incomplete = GaugeMetricFamily(
+                "lsm_render_incomplete", "1 when this process's last business render left series out (see errors)"
+            )
+            incomplete.add_metric([], 1.0 if r.incomplete else 0.0)
+            omitted = GaugeMetricFamily(
+                "lsm_render_omitted_fields",
+                "Stored fields of each family the last render left out (over LSM_RENDER_MAX_FIELDS)",
+                labels=["metric"],
+            )
+            for metric, n in sorted(r.omitted.items()):
+                omitted.add_metric([metric], float(n))
+        yield from (render, size, hits, series, skipped, errors, incomplete, omitted)
 
 
 class SharedCollector:

@@ -23,6 +23,9 @@ from producer.urls import passwords_in, safe_url
 DEFAULT_MAX_LABEL_VALUE_LENGTH = 1024
 #: Default of ``LSM_MAX_SERIES_PER_METRIC``.
 DEFAULT_MAX_SERIES_PER_METRIC = 20_000
+#: Default of ``LSM_RENDER_MAX_FIELDS``.
+# About 1.4 KiB of the exporter's memory per field at render: fits the Deployment's 1 GiB limit.
+DEFAULT_RENDER_MAX_FIELDS = 400_000
 
 
 class AggregatorConfigError(ValueError):
@@ -83,6 +86,9 @@ class AggregatorSettings(BaseModel):
     tls_key_file: str | None = None
     # A rendered exposition is reused for at most this long (keep it below the scrape interval).
     render_cache_seconds: float = Field(2.0, ge=0, le=60)
+    # Hash fields read per scrape at most (about one per counter/gauge series, a histogram series
+    # its non-empty buckets + 2); families beyond are left out whole, the smallest kept. 0: none.
+    render_max_fields: int = Field(DEFAULT_RENDER_MAX_FIELDS, ge=0)
     # Leadership of the business series: lease time to live (renewed every third of it).
     leader_lease_seconds: float = Field(15.0, ge=1, le=600)
     # Budget refresh jobs.
