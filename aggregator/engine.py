@@ -25,7 +25,7 @@ import functools
 import hashlib
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -111,6 +111,23 @@ def truncate_label_value(value: str, limit: int) -> str:
     digest = hashlib.sha256(raw).hexdigest()[:16]
     head = raw[: limit - TRUNCATION_SUFFIX_LENGTH].decode("utf-8", "ignore")
     return f"{head}{_TRUNCATION_MARK}{digest}"
+
+
+def _holds_longer(value: tuple[Any, ...], length: int) -> bool:
+    """Whether a plan-cache key (or a tuple in it) holds a string longer than ``length``."""
+    for part in value:
+        kind = type(part)
+        if (kind is str and len(part) > length) or (kind is tuple and _holds_longer(part, length)):
+            return True
+    return False
+
+
+def _texts_longer(values: Iterable[Any], length: int) -> bool:
+    """Whether label values (strings, as a rule) hold one longer than ``length``."""
+    try:
+        return max(map(len, values), default=0) > length  # in C: the usual case
+    except TypeError:
+        return any(type(v) is str and len(v) > length for v in values)
 
 
 def _long_key_part(value: object, limit: int) -> object:
@@ -808,8 +825,9 @@ class Engine:
             # A key holding a long label value is remembered by the value's digest instead: the
             # cache must not keep long values alive. Such an event always misses the lookup
             # above and finds its plan here.
-            key = _long_key_part(key, self.max_label_value_length)  # type: ignore[assignment]
-            plan = self._plans.get(key)
+            if _holds_longer(key, self.max_label_value_length // 4):
+                key = _long_key_part(key, self.max_label_value_length)  # type: ignore[assignment]
+                plan = self._plans.get(key)
             if plan is None:
                 _make_room(self._plans, PLAN_CACHE_SIZE)
                 plan = self._plans[key] = self._build_plan(self._success_label_sets(ev))
@@ -820,12 +838,22 @@ class Engine:
         set the identity does not have)."""
         tables: tuple[list[Key | None], ...] = tuple([None] * n for n in self._plan_sizes)
         truncated: set[str] = set()
+        # Rarely any label value is long (no value of a quarter of the limit can be: UTF-8).
+        quarter = self.max_label_value_length // 4
+        cut_any = False
+        for labels in label_sets.values():
+            if labels and _texts_longer(labels.values(), quarter):
+                cut_any = True
+                break
         for (set_name, names, defaults), rows in self._plan_groups.items():
             labels = label_sets.get(set_name)
             if labels is not None:
-                values = [*map(labels.get, names, defaults)]
-                self._truncate(names, values, truncated)
-                series = self._shared_series(tuple(values))
+                values = tuple(map(labels.get, names, defaults))
+                if cut_any:
+                    cut = list(values)
+                    self._truncate(names, cut, truncated)
+                    values = tuple(cut)
+                series = self._shared_series(values)
                 for table, row, mkey in rows:
                     tables[table][row] = (mkey, series)
         counters, histograms, gauges = tables
