@@ -58,6 +58,7 @@ class Exporter:
         self.cache: RenderCache[tuple[bytes, ...]] = RenderCache(settings.render_cache_seconds)
         self._readiness_lock = threading.Lock()
         self._readiness_detail: str | None = None
+        self._omitted_logged: set[str] = set()
 
     def render(self, accept: str | None, names: frozenset[str] | None) -> tuple[list[bytes], str]:
         """The body, as parts to write one after the other (never joined: a large body is not
@@ -95,7 +96,7 @@ class Exporter:
             errors.append(type(exc).__name__)
             log.error("rendering the business series failed; serving the self-metrics only: %s", _describe(exc))
         else:
-            if x.omitted:
+            if x.omitted and set(x.omitted) != self._omitted_logged:
                 log.warning(
                     "/metrics left out %d famil%s over LSM_RENDER_MAX_FIELDS=%d (stored fields): %s",
                     len(x.omitted),
@@ -103,6 +104,7 @@ class Exporter:
                     limit,
                     ", ".join(f"{name} ({n:,})" for name, n in sorted(x.omitted.items())),
                 )
+            self._omitted_logged = set(x.omitted)  # logged again when the set changes
         try:
             parts.append(render_registry(self.shared_registry, fmt, names))
         except Exception as exc:
