@@ -96,7 +96,17 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
         self.emitter.offer(data)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._emit(events.failure_event, self, kwargs)
+        # Every failed call (all of them during a provider outage): ``_emit`` inlined.
+        try:
+            event = events.failure_event(self, kwargs)
+            if event is None:
+                self.emitter.count_skipped()
+                return
+            data = wire.encode_event(event)
+        except Exception as exc:
+            self._extract_failed(events.failure_event, exc)
+            return
+        self.emitter.offer(data)
 
     async def async_post_call_success_hook(self, data: Any, user_api_key_dict: Any, response: Any) -> None:
         """Nothing to do: successful requests are counted from the success event (as LiteLLM does)."""
