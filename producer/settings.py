@@ -48,6 +48,8 @@ class ProducerSettings:
     # Entries whose JSON is at least this long are zlib-compressed; 0 (the default) disables it.
     # Compression saves Redis memory but costs the proxy CPU (docs/benchmarks.md).
     compress_min_bytes: int = 0
+    # Level of the producer's own log lines (start, shutdown, Redis errors) in the proxy's output.
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         try:
@@ -83,6 +85,8 @@ class ProducerSettings:
                 f"LSM_MAX_EVENT_BYTES ({self.max_event_bytes}) must not exceed "
                 f"LSM_BATCH_MAX_BYTES ({self.batch_max_bytes})"
             )
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ProducerConfigError(f"LSM_LOG_LEVEL={self.log_level!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.backoff_base > self.backoff_max:
             raise ProducerConfigError("LSM_BACKOFF_BASE must not exceed LSM_BACKOFF_MAX")
 

@@ -44,6 +44,7 @@ def test_every_field_is_parsed_with_its_type() -> None:
         "LSM_STATS_INTERVAL": "2",
         "LSM_STREAM_MAXLEN": "100000",
         "LSM_COMPRESS_MIN_BYTES": "0",
+        "LSM_LOG_LEVEL": "warning",
     }
     s = ProducerSettings.from_env(env)
     assert s == ProducerSettings(
@@ -64,6 +65,7 @@ def test_every_field_is_parsed_with_its_type() -> None:
         stats_interval=2.0,
         stream_maxlen=100000,
         compress_min_bytes=0,
+        log_level="warning",
     )
     # Every field has a variable: the test covers them all.
     assert {f"LSM_{f.name.upper()}" for f in dataclasses.fields(ProducerSettings)} == set(env)
