@@ -32,6 +32,7 @@ from producer import events, wire
 from producer.emitter import Emitter, close_all
 from producer.lifecycle import install_proxy_shutdown_hook
 from producer.logs import configure_logging, log, repeat_at_exit
+from producer.proxy_metrics import mount_proxy_metrics_endpoint
 from producer.settings import ProducerConfigError, ProducerSettings
 from producer.urls import passwords_in, safe_url
 
@@ -56,6 +57,8 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
         self._extract_errors_logged = 0
         # Inside the proxy: flush on its shutdown path too (a SIGTERM skips atexit).
         install_proxy_shutdown_hook(close_all)
+        if self.settings.proxy_metrics_endpoint:
+            mount_proxy_metrics_endpoint()
         # The writer starts now: the counters key shows in Redis before the first event.
         self.emitter.start()
         s = self.settings
