@@ -81,6 +81,15 @@ class Exporter:
         role = "exporting the business series" if self.leadership.is_leader() else "standby exporter"
         return True, f"ready ({role})"
 
+    def liveness(self) -> tuple[bool, str]:
+        """Not alive when a shard consumer has made no progress for ``liveness_timeout`` seconds
+        although Redis was available (see ``ShardConsumer.stalled``): restarting may help, and
+        waiting has not. Process memory only: answering never waits on Redis."""
+        stuck = [why for c in self.consumers if (why := c.stalled(self.settings.liveness_timeout))]
+        if stuck:
+            return False, "stalled: " + "; ".join(stuck)
+        return True, "ok"
+
     def close(self) -> None:
         self.client.close()
 
