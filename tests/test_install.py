@@ -54,7 +54,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]["name"]
 VERSION = PYPROJECT["project"]["version"]
 # Entries of the `test` extra that the proxy does not need (test tools, the test database).
-TEST_ONLY = {"pytest", "pytest-asyncio", "pytest-timeout", "pgserver", "psycopg"}
+TEST_ONLY = {"pytest", "pytest-asyncio", "pytest-timeout", "pgserver", "psycopg", "kubernetes-validate"}
 # What a producer-only install may bring besides the package: its two dependencies, and what
 # those need on this Python (redis-py needs async-timeout before Python 3.11.3).
 PRODUCER_DEPENDENCIES = {"redis", "orjson"} | ({"async-timeout"} if sys.version_info < (3, 11, 3) else set())
