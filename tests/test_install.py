@@ -150,13 +150,12 @@ class Wheelhouse:
 
     def install(self, python: Path, *requirements: str | Path) -> None:
         """pip install from the wheelhouse only; on a miss, fill it from the index and retry."""
-        args = ("-m", "pip", "install", "-q", "--no-compile", "-c", self.constraints, *requirements)
-        local = ("--no-index", "--find-links", self.path)
-        r = subprocess.run([str(a) for a in (python, *args[:4], *local, *args[4:])], capture_output=True, timeout=600)
-        if r.returncode == 0:
+        cmd = (python, "-m", "pip", "install", "-q", "--no-compile", "--no-index", "--find-links", self.path)
+        cmd += ("-c", self.constraints, *requirements)
+        if subprocess.run([str(c) for c in cmd], capture_output=True, timeout=600).returncode == 0:
             return
         self.fill(python, *requirements)
-        run(python, *args[:4], *local, *args[4:])
+        run(*cmd)
 
     def fill(self, python: Path, *requirements: str | Path) -> None:
         """Wheels of ``requirements`` and what they need, the project itself excepted (a wheel
