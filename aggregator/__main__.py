@@ -18,8 +18,8 @@ from producer.keys import Keys
 from producer.urls import passwords_in, safe_url
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m aggregator", description="litellm-stream-metrics aggregator")
+def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="litellm-stream-metrics aggregator")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="consume the event stream and keep the metrics in Redis")
     run.add_argument("--config", help="the LiteLLM proxy config.yaml (litellm_settings); or LSM_LITELLM_CONFIG")
@@ -110,6 +110,11 @@ def dead_letters_command(settings: AggregatorSettings, args: argparse.Namespace)
         return 1
     finally:
         client.close()
+
+
+def console_main() -> int:
+    """The ``lsm-aggregator`` command: the same as ``python -m aggregator``."""
+    return main(prog="lsm-aggregator")
 
 
 if __name__ == "__main__":
