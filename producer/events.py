@@ -264,33 +264,9 @@ def _budget(pmd: Mapping[str, Any]) -> list[Any] | None:
     return None
 
 
-_MD_NAMES = (
-    "user_api_key_hash",
-    "user_api_key_alias",
-    "user_api_key_team_id",
-    "user_api_key_team_alias",
-    "user_api_key_user_id",
-    "user_api_key_user_email",
-    "user_api_key_org_id",
-    "user_api_key_org_alias",
-    "user_api_key_project_id",
-    "user_api_key_project_alias",
-    "user_api_key_request_route",
-    "requester_ip_address",
-    "user_agent",
-)
-_SLP_NAMES = (
-    "model_group",
-    "model_id",
-    "api_base",
-    "custom_llm_provider",
-    "stream",
-    "cache_hit",
-    "response_cost",
-    "total_tokens",
-    "prompt_tokens",
-    "completion_tokens",
-)
+# Where the success event's copied fields come from, in wire order (wire.SUCCESS_FIELDS).
+_MD_NAMES = tuple(key for _, key in wire.SUCCESS_FROM_SLP_METADATA)
+_SLP_NAMES = tuple(key for _, key in wire.SUCCESS_FROM_SLP)
 # LiteLLM builds the SLP and its metadata with every key present: one C-level lookup each.
 _md_values = operator.itemgetter(*_MD_NAMES)
 _slp_values = operator.itemgetter(*_SLP_NAMES)

@@ -208,6 +208,10 @@ async def test_acompletion_success_event(
     assert ev.get("end_user") is None
     assert RAW_KEY not in json.dumps(ev)
     assert counters(logger) == {"accepted": 1, "skipped": 0, "extract_error": 0}
+    # On the wire: one positional event, exactly as long as the declared field list.
+    ((_, fields),) = redis_client.xrange(f"{namespace}:{{s0}}:events")
+    (raw,) = json.loads(fields[b"d"])
+    assert raw[0] == "success" and len(raw) == len(wire.SUCCESS_FIELDS)
 
 
 async def test_acompletion_streaming_success_event(
