@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 
 import redis
 
-from aggregator import dead_letters
+from aggregator import dead_letters, status
 from aggregator.daemon import describe, run_aggregator
 from aggregator.litellm_config import ConfigError, MetricsConfig
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
@@ -18,8 +19,8 @@ from producer.keys import Keys
 from producer.urls import passwords_in, safe_url
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m aggregator", description="litellm-stream-metrics aggregator")
+def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="litellm-stream-metrics aggregator")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="consume the event stream and keep the metrics in Redis")
     run.add_argument("--config", help="the LiteLLM proxy config.yaml (litellm_settings); or LSM_LITELLM_CONFIG")
@@ -37,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         action.add_argument("ids", nargs="*", help="only these dead letter ids or original entry ids")
         action.add_argument("--shard", type=int, help="only this shard (default: every shard)")
         action.add_argument("--reason", action="append", default=[], help="only this reason (repeatable)")
+    status_parser = sub.add_parser(
+        "status", help="the pipeline's health at a glance (exit 1 when something is wrong now; LSM_* settings)"
+    )
+    status_parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    status_parser.add_argument(
+        "--max-age",
+        type=float,
+        default=120.0,
+        help="seconds an entry may wait to be read or stay pending before it is a problem (default 120)",
+    )
     args = p.parse_args(argv)
     if args.command == "dead-letters" and args.action == "replay" and not (args.all or args.ids or args.reason):
         p.error("dead-letters replay: name dead letters (ids), --reason REASON, or --all")
@@ -54,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "dead-letters":
             return dead_letters_command(AggregatorSettings.load(), args)
+        if args.command == "status":
+            return status_command(AggregatorSettings.load(), args)
         env = dict(os.environ)
         if args.config:
             env["LSM_LITELLM_CONFIG"] = args.config
@@ -110,6 +123,31 @@ def dead_letters_command(settings: AggregatorSettings, args: argparse.Namespace)
         return 1
     finally:
         client.close()
+
+
+def status_command(settings: AggregatorSettings, args: argparse.Namespace) -> int:
+    """``status``: the report; exit 1 when it found problems, 2 when Redis cannot be read."""
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout)
+    try:
+        report = status.collect(client, settings, max_age=args.max_age)
+    except redis.RedisError as exc:
+        print(
+            safe_url(f"cannot reach Redis at {settings.redis_url}: {exc}", passwords_in(settings.redis_url)),
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(status.render(report, settings))
+    return 1 if report.problems else 0
+
+
+def console_main() -> int:
+    """The ``lsm-aggregator`` command: the same as ``python -m aggregator``."""
+    return main(prog="lsm-aggregator")
 
 
 if __name__ == "__main__":

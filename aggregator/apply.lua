@@ -5,7 +5,8 @@
 --       5 high-water-mark hash, 6 .. 5+np per-producer "seen" sorted sets, then metric hashes.
 -- ARGV: group, consumer, now,
 --       np, producer ids (np),
---       ne, ne x (entry id, producer index, seq, events, assumed_duplicate 0/1),
+--       ne, ne x (entry id, producer index, seq, events applied (rejected ones not counted),
+--                 assumed_duplicate 0/1),
 --       nd, nd x (entry id, reason, detail, producer index or 0, seq or 0),
 --       ns, ns series strings (each once; the updates below refer to them by number),
 --       then one JSON document with the metric updates (one argument instead of hundreds of

@@ -138,8 +138,11 @@ class ShardApplier:
 
         args: list[str | int | float] = [self.group, self.consumer, repr(now), len(producers), *producers]
         args.append(len(entries))
+        rejected = delta.rejected
         for e in entries:
-            args += [e.entry_id, pindex[e.producer_id], e.seq, len(e.events), 1 if e.entry_id in dup else 0]
+            # The events applied: those of the entry less those the engine rejected.
+            n = len(e.events) - rejected.get(e.entry_id, 0) if rejected else len(e.events)
+            args += [e.entry_id, pindex[e.producer_id], e.seq, n, 1 if e.entry_id in dup else 0]
         args.append(len(dead))
         for d in dead:
             known = bool(d.producer_id and d.seq)

@@ -12,6 +12,13 @@ entries' idle time is kept low, so a live consumer that is merely slow keeps its
 Housekeeping (trimming processed entries, removing dead consumers, detecting lost entries) runs
 every ``housekeeping_interval``.
 
+Redis may lose everything (restarted without persistence, or replaced by a new instance): the
+consumer group, the totals and the sequence bookkeeping are gone while producers go on writing.
+The consumer checks the shard's group and state record (``shard_state.lua``) at start, after any
+failed round and before each housekeeping round, and recreates what is missing while it runs: a
+new state starts from the entries in the stream, and the reset is counted (``state_resets`` in
+the shard's stats) and logged once.
+
 New entries are processed two batches at a time: the next batch is read (without blocking)
 before the current one is applied, and decoded and turned into a delta in a worker thread while
 Redis runs the current batch's apply script. Batches are still applied one after the other.
@@ -26,13 +33,16 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis import exceptions as redis_exceptions
 from redis.exceptions import ResponseError
 
 from aggregator.apply import ApplyResult, DeadEntry, PendingEntry, ShardApplier
@@ -59,6 +69,7 @@ return 0
 """
 # The largest sequence number Lua (doubles) represents exactly; no producer gets near it.
 MAX_SEQ = 2**53 - 1
+_SHARD_STATE = resources.files("aggregator").joinpath("shard_state.lua").read_text()
 
 
 @dataclass
@@ -75,6 +86,8 @@ class ConsumerCounters:
     # Entries delivered more than max_deliveries times, applied (or dead-lettered) alone.
     isolated_entries: int = 0
     not_owned_entries: int = 0
+    # Resets of the shard's state in Redis this process found (each is counted once in Redis).
+    state_resets: int = 0
     apply_seconds_sum: float = 0.0
     apply_seconds_max: float = 0.0
     errors: int = 0
@@ -101,30 +114,87 @@ class ShardConsumer:
         self.build_delta = build_delta
         self.applier = ShardApplier(client, self.keys, shard, self.group, self.consumer)
         self._touch = client.register_script(_TOUCH)
+        self._shard_state = client.register_script(_SHARD_STATE)
         self.housekeeper = Housekeeper(client, self.keys, shard, settings)
         self.counters = ConsumerCounters()
         # The most events one entry held in the last batch (before the first: a producer's
         # default batch size), to read about settings.apply_max_events events at a time.
         self._events_per_entry = 500
         self.ready = False
+        # The shard state this process works with (shard_state.lua), and its reset count.
+        self.state_id: str | None = None
+        self.state_resets_seen = 0
+        # Liveness (see stalled()): monotonic times of the last completed round or applied batch,
+        # of the start of the current round (after a failure: when the next one is due), and of
+        # the first failure since the last progress that did not come from Redis being
+        # unavailable (down, loading, out of memory...), if any.
+        self.last_progress = time.monotonic()
+        self.last_attempt = self.last_progress
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
 
     async def ensure_group(self) -> None:
-        """Create the stream and the group if missing; a new group starts at the stream's start,
-        so entries written before the first aggregator ran are applied too."""
-        try:
-            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        """Create the stream, the group and the state record if missing; a new group starts at the
+        stream's start, so entries written before the first aggregator ran (or, after a reset,
+        before the group was recreated) are applied too. Counts and logs a reset of the shard's
+        state since this process last looked."""
+        keys = [self.stream, self.keys.shard_state(self.shard), self.keys.shard_stats(self.shard)]
+        known = self.state_id or ""
+        args: list[str | int] = [self.group, known, uuid.uuid4().hex, self.state_resets_seen, repr(time.time())]
+        reply: Any = await self._shard_state(keys=keys, args=args)
+        state_id, created, reset, counted, resets = _text(reply[0]), *(int(x) for x in reply[1:])
+        if reset:
+            self.counters.state_resets += 1
+            if counted:
+                log.warning(
+                    "shard %s: the shard's state in Redis was reset (Redis restarted empty or lost its data): "
+                    "consumer group %s and sequence bookkeeping recreated, applying the %d entries now in the "
+                    "stream; totals restart from zero and entries not applied before the reset are lost "
+                    "(state resets so far: %d)",
+                    self.shard,
+                    self.group,
+                    await self.client.xlen(self.stream),
+                    resets,
+                )
+            else:
+                log.info("shard %s: the shard's state was reset (already recorded by another aggregator)", self.shard)
+        elif created and self.state_id is not None:
+            log.warning("shard %s: consumer group %s was missing on %s: recreated", self.shard, self.group, self.stream)
+        elif created:
             log.info("created consumer group %s on %s", self.group, self.stream)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        if self.schemas:
+        if self.schemas and (state_id != self.state_id or created):
             # The label names of every metric key this process writes, so readers can render
             # series stored under an earlier label configuration too.
             await self.client.hset(
                 self.keys.schemas(self.shard),
                 mapping={k: orjson.dumps(list(v)).decode() for k, v in self.schemas.items()},
             )
+        self.state_id, self.state_resets_seen = state_id, resets
         self.ready = True
+
+    def stalled(self, timeout: float, now: float | None = None) -> str | None:
+        """Why this consumer has been stuck for longer than ``timeout`` seconds for a reason a
+        restart may fix, or None: its rounds have kept failing, without any progress, for that
+        long with errors other than Redis being unavailable (restarting cannot bring Redis back,
+        so an outage never counts, however long), or a round has been running (without applying
+        anything) for that long: the loop hangs."""
+        now = time.monotonic() if now is None else now
+        if now - self.last_attempt > timeout:
+            return f"shard {self.shard}: a round has not ended for {now - self.last_attempt:.0f} s"
+        if self.failing_since is not None and now - self.failing_since > timeout:
+            return f"shard {self.shard}: failing for {now - self.failing_since:.0f} s ({self.last_error})"
+        return None
+
+    def _progress(self) -> None:
+        self.last_progress = self.last_attempt = time.monotonic()
+        self.failing_since = None
+
+    def _failed(self, exc: BaseException, retry_in: float) -> None:
+        now = time.monotonic()
+        self.last_attempt = now + retry_in  # the next round starts after the backoff
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.failing_since is None and not redis_unavailable(exc):
+            self.failing_since = now
 
     async def run(self, stop: asyncio.Event) -> None:
         next_claim = time.monotonic() + self.settings.claim_interval
@@ -134,12 +204,18 @@ class ShardConsumer:
         # Batches overlap: the next batch is read before the current one is applied, and decoded
         # and built (in a worker thread) while Redis runs the current one's apply script.
         ahead: _Prepared | None = None  # read and prepared, not applied yet
+        check_state = False
         while not stop.is_set():
+            self.last_attempt = time.monotonic()
             try:
                 if not started:  # Redis may be down when the process starts: retry like any read
                     await self.ensure_group()
                     await self._drain_own_pending(stop)
                     started = True
+                elif check_state:
+                    # After a failed round: Redis may have come back empty (no group, no state).
+                    await self.ensure_group()
+                check_state = False
                 now = time.monotonic()
                 # A claim or housekeeping round that fails (or keeps failing) must not keep the
                 # loop from reading new entries: it is logged and tried again at its next time.
@@ -148,6 +224,8 @@ class ShardConsumer:
                     await self._periodic("claim", self._claim_stale(stop))
                 if now >= next_housekeeping:
                     next_housekeeping = now + self.settings.housekeeping_interval
+                    # The state first: gap detection must know whether the state was reset.
+                    await self.ensure_group()
                     await self._periodic("housekeeping", self.housekeeper.run_once())
                 raw: Any = await self.client.xreadgroup(
                     self.group,
@@ -168,10 +246,13 @@ class ShardConsumer:
                         await applying
                     current = None  # applied: its objects go now (and with them its GC pause)
                 backoff = 0.1
+                self._progress()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down or slow: keep going, nothing is lost (pending)
                 self.counters.errors += 1
+                self._failed(exc, backoff)
+                check_state = started
                 log.warning("shard %s: %s: %s; retrying in %.1f s", self.shard, type(exc).__name__, exc, backoff)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -298,6 +379,7 @@ class ShardConsumer:
         c.not_owned_entries += len(result.not_owned)
         c.apply_seconds_sum += elapsed
         c.apply_seconds_max = max(c.apply_seconds_max, elapsed)
+        self._progress()
         if dead:
             log.warning("shard %s: dead-lettered %d entries (%s)", self.shard, len(dead), dead[0].reason)
         return result
@@ -462,6 +544,31 @@ def _header(fields: Any) -> tuple[str | None, int | None]:
     except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError):
         return None, None
     return (producer, seq) if 1 <= seq <= MAX_SEQ and producer else (None, None)
+
+
+# Redis error replies that describe the server's condition, not this process's: waiting (not
+# restarting the aggregator) is what helps. redis-py turns some into their own classes.
+_UNAVAILABLE = (
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    redis_exceptions.ConnectionError,  # includes BusyLoadingError (LOADING)
+    redis_exceptions.TimeoutError,
+    redis_exceptions.OutOfMemoryError,
+    redis_exceptions.ReadOnlyError,
+    redis_exceptions.TryAgainError,
+    redis_exceptions.ClusterDownError,
+    redis_exceptions.MasterDownError,
+)
+_UNAVAILABLE_REPLIES = ("BUSY", "MISCONF", "LOADING", "OOM", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says Redis cannot serve now (unreachable, too slow, loading, busy with a
+    script, out of memory, read-only...), as opposed to a failure a restart of this process may fix."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0].upper() in _UNAVAILABLE_REPLIES
 
 
 def _text(value: object) -> str:

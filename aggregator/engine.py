@@ -529,10 +529,15 @@ class Engine:
     def build_delta(self, entries: Sequence[PendingEntry]) -> Delta:
         delta = Delta()
         add = self.add_event
+        rejected = delta.rejected
         with paused_gc():
             for entry in entries:
+                bad = 0
                 for event in entry.events:
-                    add(delta, event)
+                    if not add(delta, event):
+                        bad += 1
+                if bad:
+                    rejected[entry.entry_id] = bad
         return delta
 
     def add_event(self, delta: Delta, event: dict[str, Any]) -> bool:

@@ -59,6 +59,7 @@ class Exporter:
         self._readiness_lock = threading.Lock()
         self._readiness_detail: str | None = None
         self._omitted_logged: set[str] = set()
+        self._liveness_detail: str | None = None
 
     def render(self, accept: str | None, names: frozenset[str] | None) -> tuple[list[bytes], str]:
         """The body, as parts to write one after the other (never joined: a large body is not
@@ -147,6 +148,21 @@ class Exporter:
             return False, NOT_READY_STARTING, detail
         role = "leader" if self.leadership.is_leader() else "standby"
         return True, f"ready ({role})", None
+
+    def liveness(self) -> tuple[bool, str]:
+        """Not alive when a shard consumer has made no progress for ``liveness_timeout`` seconds
+        although Redis was available (see ``ShardConsumer.stalled``): restarting may help, and
+        waiting has not. Process memory only: answering never waits on Redis."""
+        stuck = [(c.shard, why) for c in self.consumers if (why := c.stalled(self.settings.liveness_timeout))]
+        detail = "; ".join(why for _, why in stuck) or None
+        with self._readiness_lock:
+            changed, self._liveness_detail = detail != self._liveness_detail, detail
+        if changed and detail is not None:
+            # Served: the shard numbers only (the open endpoint shows no error text); logged: why.
+            log.warning("not alive: %s", safe_url(detail, passwords_in(self.settings.redis_url)))
+        if stuck:
+            return False, "stalled: shard " + ", ".join(str(shard) for shard, _ in stuck)
+        return True, "ok"
 
     def close(self) -> None:
         self.client.close()

@@ -6,6 +6,11 @@
 -- with seqs between the mark and m can no longer arrive: they were removed from the stream
 -- before being read (e.g. by a producer's MAXLEN cap). Count them and move the mark.
 --
+-- After a reset of the shard's state (Redis restarted empty: stats field state_resets > 0), a
+-- producer none of whose sequence numbers from 1 on reached this state (mark 0) wrote its
+-- lower ones before the reset: the new state cannot know whether they were applied. They are
+-- counted as entries_before_reset, not as lost, and the mark moves as for lost ones.
+--
 -- KEYS: 1 stream, 2 high-water-mark hash, 3 the producer's "seen" sorted set, 4 shard stats,
 --       5 lost-by-producer hash
 -- ARGV: 1 group, 2 producer id
@@ -22,6 +27,7 @@ if entry_id == nil then return 0 end
 local older = redis.call("XPENDING", stream, group, "-", "(" .. entry_id, 1)
 if #older > 0 then return 0 end
 local lost = m - mark - 1
+local from_start = mark == 0
 mark = m - 1
 while true do
   local first = redis.call("ZRANGE", zkey, 0, 0, "WITHSCORES")
@@ -30,6 +36,10 @@ while true do
   mark = mark + 1
 end
 redis.call("HSET", hwm, pid, mark)
+if from_start and tonumber(redis.call("HGET", stats, "state_resets") or "0") > 0 then
+  redis.call("HINCRBY", stats, "entries_before_reset", lost)
+  return 0
+end
 redis.call("HINCRBY", stats, "lost_entries", lost)
 redis.call("HINCRBY", lost_by, pid, lost)
 return lost

@@ -3,6 +3,10 @@
 The open endpoints answer with a status word and a short reason only: no host, port, key name
 or namespace (the details go to the log, and to the authenticated ``/metrics``).
 
+``/healthz`` (liveness) answers 503 only when a shard consumer has been stuck for
+``liveness_timeout`` seconds for a reason other than Redis being unavailable; ``/readyz``
+(readiness) answers 503 whenever Redis or a consumer group is missing.
+
 The server runs in its own threads (``ThreadingHTTPServer``) with a synchronous Redis client,
 so rendering a large exposition never blocks the event loop that consumes the stream.
 """
@@ -40,6 +44,10 @@ class MetricsSource(Protocol):
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): Redis reachable and every shard's consumer group in place. The reason
         is served to anyone: a few words, nothing about where Redis is or what its keys are."""
+        ...
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, reason): False when the process is stuck in a way a restart may fix."""
         ...
 
 
@@ -111,7 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/healthz":
-            self._reply(200, b"ok\n", "text/plain; charset=utf-8")
+            alive, reason = self.server.source.liveness()
+            self._reply(200 if alive else 503, (reason + "\n").encode(), "text/plain; charset=utf-8")
         elif url.path == "/readyz":
             ready, reason = self.server.source.readiness()
             self._reply(200 if ready else 503, (reason + "\n").encode(), "text/plain; charset=utf-8")

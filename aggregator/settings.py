@@ -73,6 +73,10 @@ class AggregatorSettings(BaseModel):
     # client IP, route, MCP tool, custom metadata labels) when litellm_settings has no valid
     # prometheus_metrics_max_series_per_metric; 0: no cap.
     max_series_per_metric: int = Field(DEFAULT_MAX_SERIES_PER_METRIC, ge=0)
+    # /healthz fails when a shard consumer has made no progress for this long while Redis was
+    # available (failures because Redis is down, loading or out of memory never count): a restart
+    # may help. A Redis outage, however long, only fails /readyz.
+    liveness_timeout: float = Field(300.0, ge=1)
     # /metrics, /healthz, /readyz.
     http_host: str = "0.0.0.0"
     http_port: int = Field(9464, ge=0, le=65535)
@@ -172,6 +176,17 @@ class AggregatorSettings(BaseModel):
             raise ValueError("metrics_basic_auth_username and metrics_basic_auth_password must be set together")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_above_a_round(self) -> AggregatorSettings:
+        # A command may take a socket or connect timeout, 4 times (the client retries 3 times).
+        round_max = self.block_seconds + 4 * max(self.socket_timeout, self.connect_timeout)
+        if self.liveness_timeout <= round_max:
+            raise ValueError(
+                f"liveness_timeout ({self.liveness_timeout}) must be above block_seconds + 4 x the larger of "
+                f"socket_timeout and connect_timeout ({round_max}): a round of the consumer may take that long"
+            )
         return self
 
     @model_validator(mode="after")

@@ -76,6 +76,9 @@ class Delta:
     gauges: dict[Key, tuple[float, float | None]] = field(default_factory=dict)
     # Increments of the shard's stats hash applied with the batch (e.g. rejected events by reason).
     stats: dict[str, int] = field(default_factory=dict)
+    # Entry id -> events of that entry rejected (not applied): they count neither as applied
+    # events in the shard's stats nor in the producer's applied total.
+    rejected: dict[str, int] = field(default_factory=dict)
 
     def inc(self, mkey: str, series: str, amount: float) -> None:
         k = (mkey, series)

@@ -21,7 +21,6 @@ Every method returns quickly and never raises: failures to build an event are co
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -32,9 +31,10 @@ from litellm.integrations.prometheus import PrometheusLogger
 from producer import events, wire
 from producer.emitter import Emitter, close_all
 from producer.lifecycle import install_proxy_shutdown_hook
-from producer.settings import ProducerSettings
-
-log = logging.getLogger("litellm_stream_metrics.producer")
+from producer.logs import configure_logging, log, repeat_at_exit
+from producer.proxy_metrics import mount_proxy_metrics_endpoint
+from producer.settings import ProducerConfigError, ProducerSettings
+from producer.urls import passwords_in, safe_url
 
 
 class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
@@ -47,11 +47,32 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         CustomLogger.__init__(self, **kwargs)
-        self.settings = settings or (emitter.settings if emitter else ProducerSettings.from_env())
+        try:
+            self.settings = settings or (emitter.settings if emitter else ProducerSettings.from_env())
+        except ProducerConfigError as exc:
+            repeat_at_exit(f"litellm-stream-metrics: cannot start, invalid configuration: {exc}")
+            raise
+        configure_logging(self.settings.log_level)
         self.emitter = emitter or Emitter(self.settings)
         self._extract_errors_logged = 0
         # Inside the proxy: flush on its shutdown path too (a SIGTERM skips atexit).
         install_proxy_shutdown_hook(close_all)
+        if self.settings.proxy_metrics_endpoint:
+            mount_proxy_metrics_endpoint()
+        # The writer starts now: the counters key shows in Redis before the first event.
+        self.emitter.start()
+        s = self.settings
+        log.info(
+            "litellm-stream-metrics: producer %s writes to %s, stream %s (%d shard(s)); buffer <= %d events / %d "
+            "bytes, flush every %s s",
+            self.emitter.producer_id,
+            safe_url(s.redis_url, passwords_in(s.redis_url)),
+            self.emitter.stream,
+            s.shards,
+            s.buffer_max_events,
+            s.buffer_max_bytes,
+            s.flush_interval,
+        )
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -96,7 +117,17 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
         self.emitter.offer(data)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._emit(events.failure_event, self, kwargs)
+        # Every failed call (all of them during a provider outage): ``_emit`` inlined.
+        try:
+            event = events.failure_event(self, kwargs)
+            if event is None:
+                self.emitter.count_skipped()
+                return
+            data = wire.encode_event(event)
+        except Exception as exc:
+            self._extract_failed(events.failure_event, exc)
+            return
+        self.emitter.offer(data)
 
     async def async_post_call_success_hook(self, data: Any, user_api_key_dict: Any, response: Any) -> None:
         """Nothing to do: successful requests are counted from the success event (as LiteLLM does)."""

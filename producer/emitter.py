@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
 import os
 import random
 import socket
@@ -35,11 +34,10 @@ import redis
 
 from producer import __version__
 from producer.keys import PRODUCER_STATS_TTL_SECONDS, Keys
+from producer.logs import log
 from producer.resp import CommandBatch
 from producer.settings import ProducerSettings
 from producer.wire import CODEC_JSON, array_length, compresses, encode_entry, entry_header
-
-log = logging.getLogger("litellm_stream_metrics.producer")
 
 DROP_REASONS = (
     "buffer_full_events",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -26,10 +27,7 @@ import litellm
 from litellm.constants import LITELLM_PROXY_MASTER_KEY_ALIAS as MASTER_KEY_ALIAS
 from litellm.exceptions import BudgetExceededError, MalformedRequestFieldError
 from litellm.integrations import prometheus as _prom
-from litellm.litellm_core_utils.core_helpers import (
-    get_litellm_metadata_from_kwargs,
-    get_metadata_variable_name_from_kwargs,
-)
+from litellm.litellm_core_utils.core_helpers import get_metadata_variable_name_from_kwargs
 from litellm.litellm_core_utils.service_tier_utils import KNOWN_REQUEST_SERVICE_TIERS as _KNOWN_SERVICE_TIERS
 
 from producer import wire
@@ -266,33 +264,9 @@ def _budget(pmd: Mapping[str, Any]) -> list[Any] | None:
     return None
 
 
-_MD_NAMES = (
-    "user_api_key_hash",
-    "user_api_key_alias",
-    "user_api_key_team_id",
-    "user_api_key_team_alias",
-    "user_api_key_user_id",
-    "user_api_key_user_email",
-    "user_api_key_org_id",
-    "user_api_key_org_alias",
-    "user_api_key_project_id",
-    "user_api_key_project_alias",
-    "user_api_key_request_route",
-    "requester_ip_address",
-    "user_agent",
-)
-_SLP_NAMES = (
-    "model_group",
-    "model_id",
-    "api_base",
-    "custom_llm_provider",
-    "stream",
-    "cache_hit",
-    "response_cost",
-    "total_tokens",
-    "prompt_tokens",
-    "completion_tokens",
-)
+# Where the success event's copied fields come from, in wire order (wire.SUCCESS_FIELDS).
+_MD_NAMES = tuple(key for _, key in wire.SUCCESS_FROM_SLP_METADATA)
+_SLP_NAMES = tuple(key for _, key in wire.SUCCESS_FROM_SLP)
 # LiteLLM builds the SLP and its metadata with every key present: one C-level lookup each.
 _md_values = operator.itemgetter(*_MD_NAMES)
 _slp_values = operator.itemgetter(*_SLP_NAMES)
@@ -409,104 +383,231 @@ def _guardrail_overhead(slp: Mapping[str, Any]) -> float:
 # -- failures ----------------------------------------------------------------------------------------
 
 
+# The SLP metadata a failure event reads, in this order.
+_FAILURE_MD_NAMES = (
+    "user_api_key_hash",
+    "user_api_key_alias",
+    "user_api_key_team_id",
+    "user_api_key_team_alias",
+    "user_api_key_user_id",
+    "user_api_key_org_id",
+    "user_api_key_user_email",
+    "requester_ip_address",
+    "user_agent",
+)
+_failure_md_values = operator.itemgetter(*_FAILURE_MD_NAMES)
+# LiteLLM's ``_is_invalid_api_key_request`` message patterns (tests/test_hooks.py checks that
+# ``invalid_key_request`` agrees with LiteLLM's method), as one expression: one C call.
+_AUTH_ERROR = re.compile(
+    "|".join(
+        re.escape(p)
+        for p in (
+            "virtual key expected",
+            "expected to start with 'sk-'",
+            "authentication error",
+            "invalid api key",
+            "api key not valid",
+        )
+    )
+)
+
+
+def invalid_key_request(exc: object) -> bool:
+    """LiteLLM's ``_is_invalid_api_key_request`` for a call's exception: status 401 (its
+    ``status_code``, else its ``code``) or an authentication-error message."""
+    status = getattr(exc, "status_code", None) or getattr(exc, "code", None)
+    if status is not None:
+        try:
+            if int(status) == 401:
+                return True
+        except (ValueError, TypeError):
+            pass
+    return _AUTH_ERROR.search(str(exc).lower()) is not None
+
+
 def failure_event(logger: Any, kwargs: Mapping[str, Any]) -> Event | None:
-    """The event for ``async_log_failure_event``; None when LiteLLM's logger would skip it."""
-    slp = kwargs.get("standard_logging_object") or {}
-    if skipped_as_invalid_key(logger, kwargs, slp):
-        return None
-    md = slp.get("metadata") or {}
-    lp = kwargs.get("litellm_params") or {}
+    """The event for ``async_log_failure_event``; None when LiteLLM's logger would skip it.
+
+    On the request path of every failed call (all of them during a provider outage): C-level
+    lookups and one dict display per level, like the success event; LiteLLM's label helpers are
+    inlined where they only read the call (``_extract_deployment_failure_label_values``)."""
+    slp = kwargs.get("standard_logging_object") or _EMPTY
     exc = kwargs.get("exception")
+    if (
+        exc is not None
+        and invalid_key_request(exc)
+        and logger._should_skip_metrics_for_invalid_key(kwargs=kwargs, standard_logging_payload=slp)
+    ):
+        return None
+    md = slp.get("metadata") or _EMPTY
+    if not isinstance(md, dict):  # a pydantic metadata object: LiteLLM reads its attributes
+        md = {name: getattr(md, name, None) for name in _FAILURE_MD_NAMES}
+    try:
+        key_hash, alias, team, team_alias, user, org_id, email, ip, agent = _failure_md_values(md)
+    except KeyError:
+        key_hash, alias, team, team_alias, user, org_id, email, ip, agent = map(md.get, _FAILURE_MD_NAMES)
+    lp = kwargs.get("litellm_params") or _EMPTY
+    pmd = lp.get("metadata") or _EMPTY
+    lmd = lp.get("litellm_metadata") or _EMPTY
+    kend = kwargs.get("end_time")
+    if type(kend) is datetime and _LOCAL_IS_UTC and kend.tzinfo is None:
+        t: float | None = (kend - _EPOCH_NAIVE).total_seconds()
+    else:
+        t = epoch(kend)
     ev: Event = {
         "kind": wire.FAILURE,
-        "t": epoch(kwargs.get("end_time")) or time.time(),
-        "hashed_api_key": normalize_api_key(md.get("user_api_key_hash"), md.get("user_api_key_alias")),
-        "api_key_alias": md.get("user_api_key_alias"),
-        "team": md.get("user_api_key_team_id"),
-        "team_alias": md.get("user_api_key_team_alias"),
-        "user": md.get("user_api_key_user_id"),
+        "t": t or time.time(),
+        "hashed_api_key": key_hash
+        if type(key_hash) is not str or key_hash in _KNOWN_HASHES
+        else normalize_api_key(key_hash, alias),
+        "api_key_alias": alias,
+        "team": team,
+        "team_alias": team_alias,
+        "user": user,
         "model": kwargs.get("model", ""),
         "model_id": slp.get("model_id", ""),
         "model_group": slp.get("model_group"),
         "api_provider": slp.get("custom_llm_provider"),
     }
-    _put(ev, "org_id", md.get("user_api_key_org_id"))
-    _put(
-        ev,
-        "end_user",
-        end_user_for_prometheus(
-            lp.get("user_api_key_end_user_id")
-            or get_litellm_metadata_from_kwargs({"litellm_params": lp}).get("user_api_key_end_user_id")
-        ),
+    if org_id is not None:
+        ev["org_id"] = org_id
+    # LiteLLM reads ``litellm_metadata`` with the ``user_api_key*`` keys of ``metadata`` merged in.
+    end_user = lp.get("user_api_key_end_user_id") or (pmd if "user_api_key_end_user_id" in pmd else lmd or pmd).get(
+        "user_api_key_end_user_id"
     )
-    _put(ev, "custom_labels", _custom_labels(slp))
+    if end_user:
+        _put(ev, "end_user", end_user_for_prometheus(end_user))
+    if litellm.custom_prometheus_metadata_labels:
+        _put(ev, "custom_labels", _custom_labels(slp))
     zero_cost = slp.get("zero_cost_diagnostic")
-    if isinstance(zero_cost, dict):
+    if type(zero_cost) is dict:
         _put(ev, "zero_cost_reason", zero_cost.get("reason"))
-    ev["deployment"] = _deployment_failure(logger, kwargs, slp, lp, exc)
+    # LiteLLM's _extract_deployment_failure_label_values: each value from the SLP metadata, else
+    # the request metadata, else the proxy's auth object.
+    auth = pmd.get("user_api_key_auth")
+    d_alias = alias if alias is not None else _from_request(pmd, "user_api_key_alias", auth, "key_alias")
+    d_email = email if email is not None else _from_request(pmd, "user_api_key_user_email", auth, "user_email")
+    d_team = team if team is not None else _from_request(pmd, "user_api_key_team_id", auth, "team_id")
+    d_team_alias = (
+        team_alias if team_alias is not None else _from_request(pmd, "user_api_key_team_alias", auth, "team_alias")
+    )
+    d_hash = key_hash if key_hash is not None else _from_request(pmd, "user_api_key_hash", auth, "api_key")
+    ev["deployment"] = _deployment_failure(
+        kwargs,
+        slp,
+        lp,
+        pmd,
+        lmd,
+        exc,
+        d_hash or key_hash,
+        d_alias or alias,
+        d_email,
+        d_team or team,
+        d_team_alias or team_alias,
+        ip or pmd.get("requester_ip_address") or ip,
+        agent or pmd.get("user_agent") or agent,
+    )
     return ev
 
 
+def _from_request(pmd: Mapping[str, Any], key: str, auth: object, attr: str) -> Any:
+    """A label value missing from the SLP metadata: the request metadata's, else the auth
+    object's (its attribute; ``user_email`` also from a dict; ``api_key`` else ``api_key_hash``),
+    as LiteLLM's ``_extract_deployment_failure_label_values`` reads them."""
+    value = pmd.get(key)
+    if value is not None or auth is None:
+        return value
+    if attr == "user_email" and isinstance(auth, dict):
+        return auth.get(attr)
+    value = getattr(auth, attr, None)
+    if attr == "api_key":
+        value = value or getattr(auth, "api_key_hash", None)
+    return value
+
+
 def _deployment_failure(
-    logger: Any, kwargs: Mapping[str, Any], slp: Mapping[str, Any], lp: Mapping[str, Any], exc: object
+    kwargs: Mapping[str, Any],
+    slp: Mapping[str, Any],
+    lp: Mapping[str, Any],
+    pmd: Mapping[str, Any],
+    lmd: Mapping[str, Any],
+    exc: object,
+    key_hash: object,
+    alias: object,
+    email: object,
+    team: object,
+    team_alias: object,
+    client_ip: object,
+    user_agent: object,
 ) -> dict[str, Any]:
-    """Label values of the deployment failure counters, resolved as LiteLLM does (spec §2.4)."""
+    """Label values of the deployment failure counters, resolved as LiteLLM does
+    (docs/compatibility.md, deployment failures)."""
     model = kwargs.get("model")
     model_group = slp.get("model_group")
     model_id = slp.get("model_id")
-    api_base = slp.get("api_base")
     if model_id is None:
-        info = (
-            (lp.get("litellm_metadata") or {}).get("model_info") or (lp.get("metadata") or {}).get("model_info") or {}
-        )
+        info = lmd.get("model_info") or pmd.get("model_info") or _EMPTY
         model_id = info.get("id") if isinstance(info, dict) else None
     if model_group is None:
-        model_group = (lp.get("litellm_metadata") or {}).get("model_group") or (lp.get("metadata") or {}).get(
-            "model_group"
-        )
-    ids = logger._extract_deployment_failure_label_values(kwargs)
-    md = slp.get("metadata") or {}
+        model_group = lmd.get("model_group") or pmd.get("model_group")
     selected = (
         bool(model_id)
         and not lp.get(_prom.PROXY_REJECTED_BEFORE_ROUTING_KEY)
         and not isinstance(exc, MalformedRequestFieldError)
     )
-    dep: dict[str, Any] = {
-        "selected": selected,
-        "has_exception": exc is not None,
-        "exception_status": exception_status(exc),
-        "exception_class": exception_class(exc),
-        "hashed_api_key": normalize_api_key(
-            ids.get("hashed_api_key") or md.get("user_api_key_hash"),
-            ids.get("api_key_alias") or md.get("user_api_key_alias"),
-        ),
-        "api_key_alias": ids.get("api_key_alias") or md.get("user_api_key_alias"),
-        "user_email": ids.get("user_email"),
-        "team": ids.get("team") or md.get("user_api_key_team_id"),
-        "team_alias": ids.get("team_alias") or md.get("user_api_key_team_alias"),
-        "client_ip": ids.get("client_ip") or md.get("requester_ip_address"),
-        "user_agent": ids.get("user_agent") or md.get("user_agent"),
-    }
-    if selected:
-        dep.update(
-            litellm_model_name=model,
-            model_id=model_id,
-            api_base=api_base,
-            api_provider=_deployment_api_provider(kwargs, lp),
-            requested_model=model_group or model,
-            model_group=model_group,
-            state_api_provider=lp.get("custom_llm_provider") or "",
-        )
+    if exc is None:
+        status = klass = None
     else:
-        dep.update(
-            litellm_model_name="",
-            model_id="",
-            api_base="",
-            api_provider="",
-            requested_model=_bounded_requested_model(model or model_group, router_originated=True) or "",
-            model_group=_bounded_requested_model(model_group, router_originated=True),
-        )
-    _put(dep, "tag_labels", _tag_labels(slp.get("request_tags", [])))
+        status = exception_status(exc)
+        klass = exception_class(exc)
+    if selected:
+        provider = lp.get("custom_llm_provider")
+        dep: dict[str, Any] = {
+            "selected": True,
+            "has_exception": exc is not None,
+            "exception_status": status,
+            "exception_class": klass,
+            "hashed_api_key": key_hash
+            if type(key_hash) is not str or key_hash in _KNOWN_HASHES
+            else normalize_api_key(key_hash, alias),
+            "api_key_alias": alias,
+            "user_email": email,
+            "team": team,
+            "team_alias": team_alias,
+            "client_ip": client_ip,
+            "user_agent": user_agent,
+            "litellm_model_name": model,
+            "model_id": model_id,
+            "api_base": slp.get("api_base"),
+            "api_provider": provider
+            if isinstance(provider, str) and provider
+            else _deployment_api_provider(kwargs, lp),
+            "requested_model": model_group or model,
+            "model_group": model_group,
+            "state_api_provider": provider or "",
+        }
+    else:
+        dep = {
+            "selected": False,
+            "has_exception": exc is not None,
+            "exception_status": status,
+            "exception_class": klass,
+            "hashed_api_key": normalize_api_key(key_hash, alias),
+            "api_key_alias": alias,
+            "user_email": email,
+            "team": team,
+            "team_alias": team_alias,
+            "client_ip": client_ip,
+            "user_agent": user_agent,
+            "litellm_model_name": "",
+            "model_id": "",
+            "api_base": "",
+            "api_provider": "",
+            "requested_model": _bounded_requested_model(model or model_group, router_originated=True) or "",
+            "model_group": _bounded_requested_model(model_group, router_originated=True),
+        }
+    if litellm.custom_prometheus_tags:
+        _put(dep, "tag_labels", _tag_labels(slp.get("request_tags", [])))
     return dep
 
 

@@ -101,6 +101,11 @@ class Keys:
         """Hash holding the series of one metric (``kind``: c, h, g or gt for gauge times)."""
         return self._shard_key(shard, f"{kind}:{metric_key}")
 
+    def shard_state(self, shard: int) -> str:
+        """Hash identifying the shard's state (id, created_at): a different id, or none, tells a
+        running aggregator that the state was reset (Redis restarted empty)."""
+        return self._shard_key(shard, "state")
+
     def schemas(self, shard: int) -> str:
         """Hash metric key -> JSON label names of the series stored under it."""
         return self._shard_key(shard, "schemas")

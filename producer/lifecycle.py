@@ -21,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-log = logging.getLogger("litellm_stream_metrics.producer")
+from producer.logs import log
 
 PROXY_MODULE = "litellm.proxy.proxy_server"
 SHUTDOWN_FUNCTION = "proxy_shutdown_event"

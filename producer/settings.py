@@ -48,6 +48,11 @@ class ProducerSettings:
     # Entries whose JSON is at least this long are zlib-compressed; 0 (the default) disables it.
     # Compression saves Redis memory but costs the proxy CPU (docs/benchmarks.md).
     compress_min_bytes: int = 0
+    # Serve the proxy's own /metrics (process-local families such as litellm_in_flight_requests),
+    # as LiteLLM does with its prometheus callback (producer/proxy_metrics.py).
+    proxy_metrics_endpoint: bool = True
+    # Level of the producer's own log lines (start, shutdown, Redis errors) in the proxy's output.
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         try:
@@ -83,6 +88,8 @@ class ProducerSettings:
                 f"LSM_MAX_EVENT_BYTES ({self.max_event_bytes}) must not exceed "
                 f"LSM_BATCH_MAX_BYTES ({self.batch_max_bytes})"
             )
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ProducerConfigError(f"LSM_LOG_LEVEL={self.log_level!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.backoff_base > self.backoff_max:
             raise ProducerConfigError("LSM_BACKOFF_BASE must not exceed LSM_BACKOFF_MAX")
 
@@ -106,8 +113,16 @@ def _env_name(field_name: str) -> str:
     return "LSM_" + field_name.upper()
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def _parse(name: str, type_name: object, raw: str) -> object:
     kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if kind == "bool":
+        value = _BOOLEANS.get(raw.lower())
+        if value is None:
+            raise ProducerConfigError(f"{_env_name(name)}={raw!r} is not a boolean (use true or false)")
+        return value
     try:
         if kind == "int":
             return int(raw.replace("_", ""))

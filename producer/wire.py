@@ -104,34 +104,40 @@ EVENT_KINDS = frozenset(
 # text, naive local time or with an offset, microseconds) and the reader derives the latencies
 # (``derive_latencies``): the subtractions left the request path. Decoded events of both majors
 # have the same names (``DECODED_SUCCESS_FIELDS``).
+#: Success-event fields the producer copies from the SLP's ``metadata``: (field, metadata key).
+SUCCESS_FROM_SLP_METADATA = (
+    ("hashed_api_key", "user_api_key_hash"),
+    ("api_key_alias", "user_api_key_alias"),
+    ("team", "user_api_key_team_id"),
+    ("team_alias", "user_api_key_team_alias"),
+    ("user", "user_api_key_user_id"),
+    ("user_email", "user_api_key_user_email"),
+    ("org_id", "user_api_key_org_id"),
+    ("org_alias", "user_api_key_org_alias"),
+    ("project_id", "user_api_key_project_id"),
+    ("project_alias", "user_api_key_project_alias"),
+    ("route", "user_api_key_request_route"),
+    ("client_ip", "requester_ip_address"),
+    ("user_agent", "user_agent"),
+)
+#: Success-event fields the producer copies from the SLP itself: (field, SLP key).
+SUCCESS_FROM_SLP = (
+    ("model_group", "model_group"),
+    ("model_id", "model_id"),
+    ("api_base", "api_base"),
+    ("api_provider", "custom_llm_provider"),
+    ("stream", "stream"),
+    ("cache_hit", "cache_hit"),
+    ("response_cost", "response_cost"),
+    ("total_tokens", "total_tokens"),
+    ("prompt_tokens", "prompt_tokens"),
+    ("completion_tokens", "completion_tokens"),
+)
 SUCCESS_FIELDS_V1 = (
     "kind",
     "t",
-    # from the SLP metadata, in this order
-    "hashed_api_key",
-    "api_key_alias",
-    "team",
-    "team_alias",
-    "user",
-    "user_email",
-    "org_id",
-    "org_alias",
-    "project_id",
-    "project_alias",
-    "route",
-    "client_ip",
-    "user_agent",
-    # from the SLP, in this order
-    "model_group",
-    "model_id",
-    "api_base",
-    "api_provider",
-    "stream",
-    "cache_hit",
-    "response_cost",
-    "total_tokens",
-    "prompt_tokens",
-    "completion_tokens",
+    *(name for name, _ in SUCCESS_FROM_SLP_METADATA),
+    *(name for name, _ in SUCCESS_FROM_SLP),
     # resolved by the producer
     "end_user",
     "model",

@@ -69,9 +69,21 @@ class ProxyProcess:
                 continue
 
 
-def start_proxy(config: str, workdir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> ProxyProcess:
-    """Start ``litellm --config`` with ``config`` (YAML text) and wait until it answers."""
-    cli = litellm_cli()
+def start_proxy(
+    config: str,
+    workdir: Path,
+    env: dict[str, str],
+    args: tuple[str, ...] = (),
+    cli: str | None = None,
+    project_on_path: bool = True,
+) -> ProxyProcess:
+    """Start ``litellm --config`` with ``config`` (YAML text) and wait until it answers.
+
+    ``cli``: another ``litellm`` command (that of another virtual environment); with
+    ``project_on_path=False`` the repository is not put on ``PYTHONPATH``, so the proxy imports
+    the producer installed in its own environment.
+    """
+    cli = cli or litellm_cli()
     if cli is None:
         pytest.skip("the litellm CLI is not installed")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -80,11 +92,11 @@ def start_proxy(config: str, workdir: Path, env: dict[str, str], args: tuple[str
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LSM_")}
     full_env.pop("OPENAI_API_KEY", None)
-    full_env.update(
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
-        PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_ROOT), full_env.get("PYTHONPATH")) if p),
-        PYTHONUNBUFFERED="1",
-    )
+    full_env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
+    if project_on_path:
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), full_env.get("PYTHONPATH")) if p)
+    else:
+        full_env.pop("PYTHONPATH", None)
     full_env.update(env)
     log_path = workdir / "proxy.log"
     with open(log_path, "ab") as log:

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from aggregator.local_server import LocalServer, free_port
-from producer.emitter import DROP_REASONS, Emitter
+from producer.emitter import DROP_REASONS, EVENT_MEMORY_OVERHEAD, Emitter
 from producer.keys import Keys
 from producer.wire import encode_event
 from tests.support import ReplyLosingProxy, producer_stats, read_entries, read_events, settings_for, wait_for
@@ -313,25 +313,28 @@ def test_byte_bound_and_event_too_large(private_server: LocalServer, emitters: l
     assert offers.offer(1, size=300)  # exactly max_event_bytes is fine
     # Let the writer take the first event into a (failing) in-flight batch: it still counts.
     wait_for(lambda: em.counters.flush_errors >= 1, timeout=5)
+    # Each event counts its length plus EVENT_MEMORY_OVERHEAD (64): 364 + 3 * 164 = 856 bytes.
+    assert EVENT_MEMORY_OVERHEAD == 64
     results = [offers.offer(2 + k, size=100) for k in range(10)]
-    assert results == [True] * 7 + [False] * 3  # 300 + 7 * 100 == 1000 bytes
-    assert not offers.offer(12, size=60)
-    assert em.counters.dropped["buffer_full_bytes"] == 4
+    assert results == [True] * 3 + [False] * 7
+    assert offers.offer(12, size=1000 - 856 - 64)  # exactly up to the bound is fine
+    assert not offers.offer(13, size=60)
+    assert em.counters.dropped["buffer_full_bytes"] == 8
     assert em.counters.dropped["buffer_full_events"] == 0
     assert em.counters.dropped["event_too_large"] == 1
-    assert em.counters.accepted == 8
-    assert em.snapshot()["buffer_bytes"] == 1000
+    assert em.counters.accepted == 5
+    assert em.snapshot()["buffer_bytes"] == 300 + 3 * 100 + 80
     assert offers.max_seconds < MAX_OFFER_SECONDS
 
     private_server.start()
-    wait_for(lambda: em.counters.sent == 8, timeout=10)
+    wait_for(lambda: em.counters.sent == 5, timeout=10)
     assert em.snapshot()["buffer_bytes"] == 0
     # Space is free again once delivered.
-    assert all(offers.offer(100 + k, size=100) for k in range(10))
+    assert all(offers.offer(100 + k, size=100) for k in range(6))
     assert em.close(timeout=2.0) is True
-    assert_accounted(em, 23)
+    assert_accounted(em, 20)
     delivered = [e["i"] for e in read_events(client_for(private_server), ns)]
-    assert delivered == offers.accepted == [1, 2, 3, 4, 5, 6, 7, 8, *range(100, 110)]
+    assert delivered == offers.accepted == [1, 2, 3, 4, 12, *range(100, 106)]
 
 
 # -- 5. shutdown with Redis down ------------------------------------------------------------------

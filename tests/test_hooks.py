@@ -208,6 +208,10 @@ async def test_acompletion_success_event(
     assert ev.get("end_user") is None
     assert RAW_KEY not in json.dumps(ev)
     assert counters(logger) == {"accepted": 1, "skipped": 0, "extract_error": 0}
+    # On the wire: one positional event, exactly as long as the declared field list.
+    ((_, fields),) = redis_client.xrange(f"{namespace}:{{s0}}:events")
+    (raw,) = json.loads(fields[b"d"])
+    assert raw[0] == "success" and len(raw) == len(wire.SUCCESS_FIELDS)
 
 
 async def test_acompletion_streaming_success_event(
@@ -416,6 +420,46 @@ def _proxy_401() -> Exception:
     from litellm.proxy._types import ProxyException
 
     return ProxyException(message="Authentication Error", type="auth_error", param="None", code=401)
+
+
+class _CodedError(Exception):
+    def __init__(self, message: str, code: object = None, status_code: object = None) -> None:
+        super().__init__(message)
+        self.code, self.status_code = code, status_code
+
+
+@pytest.mark.parametrize(
+    "make_exc",
+    [
+        _http_401,
+        _proxy_401,
+        lambda: litellm.AuthenticationError("Invalid API Key provided", llm_provider="openai", model="gpt-4o"),
+        lambda: litellm.RateLimitError("slow down", llm_provider="openai", model="gpt-4o"),
+        lambda: litellm.InternalServerError("boom", llm_provider="bedrock", model="m"),
+        lambda: AssertionError("LiteLLM Virtual Key expected. Received=abc, expected to start with 'sk-'."),
+        lambda: ValueError("Authentication Error: no such key"),
+        lambda: ValueError("API key not valid. Please pass a valid API key."),
+        lambda: ValueError("an error about something else"),
+        lambda: _CodedError("x", code="401"),
+        lambda: _CodedError("x", code="not a number"),
+        lambda: _CodedError("x", status_code=0, code=401),
+        lambda: _CodedError("x", status_code=403),
+    ],
+)
+def test_invalid_key_rule_agrees_with_litellm(make_exc: Callable[[], BaseException]) -> None:
+    """The producer's copy of LiteLLM's invalid-key test (one regular expression, no method
+    dispatch) answers as LiteLLM's own method for the reference version."""
+    from litellm.integrations.prometheus import PrometheusLogger
+
+    from producer.events import invalid_key_request
+
+    exc = make_exc()
+    reference = PrometheusLogger._is_invalid_api_key_request(
+        None,  # type: ignore[arg-type]  # does not use self
+        PrometheusLogger._extract_status_code(None, exception=exc),  # type: ignore[arg-type]
+        exception=exc,
+    )
+    assert invalid_key_request(exc) is reference
 
 
 @pytest.mark.parametrize(

@@ -109,17 +109,18 @@ async def test_fenced_script_refuses_a_former_holder_that_still_believes(
 
 
 async def test_keep_renewed_holds_past_the_ttl_and_signals_loss(aclient: aioredis.Redis, namespace: str) -> None:
-    a = Lease(aclient, lease_key(namespace), 0.6, "a")
+    # A TTL long enough that a renewal every third of it survives a loaded machine.
+    a = Lease(aclient, lease_key(namespace), 1.5, "a")
     assert await a.acquire()
     calls: list[bool] = []
     async with a.keep_renewed(on_lost=lambda: calls.append(True)) as lost:
-        await asyncio.sleep(1.5)  # 2.5 ttls
+        await asyncio.sleep(3.75)  # 2.5 ttls
         assert not lost.is_set() and a.held()
         assert (await aclient.pttl(a.key)) > 0
         await aclient.delete(a.key)
         b = Lease(aclient, lease_key(namespace), 5, "b")
         assert await b.acquire()
-        await asyncio.wait_for(lost.wait(), 1.0)  # noticed at the next renewal (ttl/3)
+        await asyncio.wait_for(lost.wait(), 2.0)  # noticed at the next renewal (ttl/3)
     assert calls == [True]
     assert not a.held()
     assert (await aclient.get(b.key)).decode().startswith("b:")

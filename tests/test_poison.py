@@ -256,9 +256,38 @@ def check_totals(agg: Aggregator, client: redis.Redis, s: Stream) -> dict[str, i
     }
     assert spend == s.spend
     stats = {k.decode(): int(v) for k, v in client.hgetall(s.keys.shard_stats(0)).items()}
-    assert stats["events_applied"] == s.events_in_applied_entries
+    # Rejected events are not applied: only the good events of the applied entries count.
+    assert stats["events_applied"] == s.events_in_applied_entries - sum(s.rejected.values())
     assert stats["events_applied_success"] == sum(s.requests.values())
     return stats
+
+
+async def test_an_entry_mixing_good_and_bad_events_counts_only_the_good_ones_as_applied(
+    running: tuple[Aggregator, redis.Redis, Stream],
+) -> None:
+    """14 events in one entry, 10 of them rejected: the shard's ``events_applied``, the
+    producer's applied total and the process counter all say 4, not 14."""
+    agg, client, s = running
+    bad = [success(cost=-1)] * 4 + [success(tokens=-5)] * 3 + [{"kind": "bogus", "t": 1.0}] * 3
+    events = [success(key="mix1"), *bad[:5], success(key="mix2"), success(key="mix3"), *bad[5:], success(key="mix4")]
+    assert len(events) == 14
+    s.entry("mixed", events)
+    s.good("clean", [success(key="clean")])
+    await wait_drained(client, s.stream)
+    stats = {k.decode(): int(v) for k, v in client.hgetall(s.keys.shard_stats(0)).items()}
+    rejected = {k: v for k, v in stats.items() if k.startswith("events_rejected_")}
+    assert rejected == {
+        "events_rejected_invalid_response_cost": 4,
+        "events_rejected_invalid_tokens": 3,
+        "events_rejected_unknown_kind": 3,
+    }
+    assert stats["entries_applied"] == 2
+    assert stats["events_applied"] == stats["events_applied_success"] == 4 + 1
+    assert client.hget(s.keys.applied_by_producer(0), "mixed") == b"4"
+    assert client.hget(s.keys.applied_by_producer(0), "clean") == b"1"
+    assert agg.consumers[0].counters.events_applied == 5
+    families = read_families(client, s.keys, agg.engine)
+    assert sum(families["litellm_requests_metric"].counters.values()) == 5
 
 
 async def test_poison_is_dead_lettered_or_rejected_and_the_worker_keeps_going(

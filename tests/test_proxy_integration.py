@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import redis
@@ -571,3 +572,17 @@ def test_nothing_private_reaches_redis(run: Run, redis_url: str) -> None:
     for key, data in chunks:
         for what, secret in secrets.items():
             assert secret not in data, f"{what} found under {key!r}"
+
+
+def test_the_proxy_still_serves_its_process_metrics(run: Run) -> None:
+    """The proxy's own /metrics stays (as with LiteLLM's prometheus callback) with what only the
+    process knows; LiteLLM's business series are not there (the aggregator serves them)."""
+    url = f"{run.proxy.base_url}/metrics/"
+    # LiteLLM's own setting protects it (require_auth_for_metrics_endpoint, on by default).
+    assert httpx.get(url, timeout=10).status_code == 401
+    resp = httpx.get(url, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=10)
+    assert resp.status_code == 200, resp.text[:500]
+    names = {line.split("{")[0].split(" ")[0] for line in resp.text.splitlines() if line and line[0] != "#"}
+    assert "litellm_in_flight_requests" in names
+    assert not {n for n in names if n.startswith(("litellm_requests_metric", "litellm_spend_metric"))}
+    assert not [n for n in names if n.startswith("litellm_proxy_total_requests")]

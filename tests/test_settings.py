@@ -44,6 +44,8 @@ def test_every_field_is_parsed_with_its_type() -> None:
         "LSM_STATS_INTERVAL": "2",
         "LSM_STREAM_MAXLEN": "100000",
         "LSM_COMPRESS_MIN_BYTES": "0",
+        "LSM_LOG_LEVEL": "warning",
+        "LSM_PROXY_METRICS_ENDPOINT": "false",
     }
     s = ProducerSettings.from_env(env)
     assert s == ProducerSettings(
@@ -64,10 +66,22 @@ def test_every_field_is_parsed_with_its_type() -> None:
         stats_interval=2.0,
         stream_maxlen=100000,
         compress_min_bytes=0,
+        log_level="warning",
+        proxy_metrics_endpoint=False,
     )
     # Every field has a variable: the test covers them all.
     assert {f"LSM_{f.name.upper()}" for f in dataclasses.fields(ProducerSettings)} == set(env)
     assert isinstance(s.shards, int) and isinstance(s.socket_timeout, float)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("true", True), ("1", True), ("Yes", True), ("off", False), ("0", False)])
+def test_booleans_are_parsed_as_booleans(raw: str, value: bool) -> None:
+    assert ProducerSettings.from_env({"LSM_PROXY_METRICS_ENDPOINT": raw}).proxy_metrics_endpoint is value
+
+
+def test_a_bad_boolean_is_refused() -> None:
+    with pytest.raises(ProducerConfigError, match="LSM_PROXY_METRICS_ENDPOINT='maybe' is not a boolean"):
+        ProducerSettings.from_env({"LSM_PROXY_METRICS_ENDPOINT": "maybe"})
 
 
 def test_redis_url_falls_back_to_redis_url() -> None:

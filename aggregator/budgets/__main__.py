@@ -79,8 +79,8 @@ async def _once(settings: AggregatorSettings) -> int:
     return 0 if report.outcome in ("success", "not_leader", "skipped_fresh") else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m aggregator.budgets", description="budget refresh job")
+def main(argv: list[str] | None = None, prog: str = "python -m aggregator.budgets") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="budget refresh job")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the scheduled refresh until SIGTERM")
     run.add_argument("--config", help="the LiteLLM proxy config.yaml; or LSM_LITELLM_CONFIG")
@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, AggregatorConfigError) as exc:
         print(f"configuration error: {safe_url(str(exc))}", file=sys.stderr)
         return 2
+
+
+def console_main() -> int:
+    """The ``lsm-budgets`` command: the same as ``python -m aggregator.budgets``."""
+    return main(prog="lsm-budgets")
 
 
 if __name__ == "__main__":

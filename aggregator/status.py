@@ -1,0 +1,216 @@
+"""``python -m aggregator status``: the pipeline's health at a glance, from Redis alone.
+
+Per shard the stream, the backlog and its age, pending entries, consumers and the durable
+apply counters; the exporter lease; the budget refresh; per producer sent / applied / dropped /
+lost. Problems (something is wrong now) make the command exit 1, so it serves as a probe or a
+cron check; warnings (something went wrong before and shows in the counters) do not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from aggregator.leadership import exporter_lease_key
+from aggregator.selfmetrics import ProducerHealth, producer_health, shard_health
+from aggregator.settings import AggregatorSettings
+from producer.keys import Keys
+from producer.urls import passwords_in, safe_url
+
+# Producers that reported within this window are listed (the self-metrics use the same window).
+PRODUCER_WINDOW_SECONDS = 24 * 3600.0
+
+
+@dataclass
+class ShardStatus:
+    shard: int
+    stream_length: int
+    group_exists: bool
+    backlog: int | None
+    backlog_age_seconds: float
+    pending: int
+    oldest_pending_age_seconds: float
+    consumers: int
+    stats: dict[str, int]
+
+
+@dataclass
+class ProducerStatus:
+    producer: str
+    events_sent: int
+    events_applied: int
+    events_dropped: int
+    lost_entries: int
+    last_report_age_seconds: float
+    closed: bool
+
+
+@dataclass
+class Status:
+    namespace: str
+    shards: list[ShardStatus]
+    exporter: str | None
+    exporter_lease_seconds_left: float | None
+    budget_last_success_age_seconds: float | None
+    producers: list[ProducerStatus]
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _age_of_entry(entry_id: str, now: float) -> float:
+    return max(0.0, now - int(entry_id.partition("-")[0]) / 1000)
+
+
+def _shard(client: redis.Redis, keys: Keys, shard: int, group: str, now: float) -> ShardStatus:
+    h = shard_health(client, keys, shard, group, now)
+    stream = keys.stream(shard)
+    last_delivered: str | None = None
+    try:
+        for g in client.xinfo_groups(stream):  # type: ignore[union-attr]
+            if _text(g["name"]) == group:
+                last_delivered = _text(g["last-delivered-id"])
+    except redis.ResponseError:  # no stream yet
+        pass
+    backlog_age = 0.0
+    if last_delivered is not None:
+        after: Any = client.xrange(stream, min="(" + last_delivered, count=1)
+        if after:
+            backlog_age = _age_of_entry(_text(after[0][0]), now)
+    return ShardStatus(
+        shard=shard,
+        stream_length=h.stream_length,
+        group_exists=last_delivered is not None,
+        backlog=h.lag,
+        backlog_age_seconds=round(backlog_age, 3),
+        pending=h.pending,
+        oldest_pending_age_seconds=round(h.oldest_pending_age, 3),
+        consumers=h.consumers,
+        stats=h.stats,
+    )
+
+
+def _producer(p: ProducerHealth, closed: bool, now: float) -> ProducerStatus:
+    return ProducerStatus(
+        producer=p.producer_id,
+        events_sent=p.events_sent,
+        events_applied=p.events_applied,
+        events_dropped=p.events_dropped,
+        lost_entries=p.lost_entries,
+        last_report_age_seconds=round(max(0.0, now - p.last_report), 3),
+        closed=closed,
+    )
+
+
+def collect(client: redis.Redis, settings: AggregatorSettings, max_age: float, now: float | None = None) -> Status:
+    """Read everything the report shows; decide the problems (``max_age``: how old the oldest
+    undelivered or pending entry may be) and warnings."""
+    now = time.time() if now is None else now
+    keys = Keys(settings.namespace, settings.shards)
+    shards = [_shard(client, keys, s, settings.group, now) for s in range(settings.shards)]
+    lease_key = exporter_lease_key(keys)
+    holder = client.get(lease_key)
+    ttl_ms = int(client.pttl(lease_key)) if holder is not None else -2
+    exporter = _text(holder).rsplit(":", 1)[0] if holder is not None else None
+    budget_raw = {_text(k): _text(v) for k, v in client.hgetall(keys.budget_status()).items()}
+    successes = [float(v) for k, v in budget_raw.items() if k.endswith(":last_success")]
+    producers = []
+    for p in producer_health(client, keys):
+        if now - p.last_report > PRODUCER_WINDOW_SECONDS:
+            continue
+        closed = bool(client.hexists(keys.producer_stats(p.producer_id), "closed_at"))
+        producers.append(_producer(p, closed, now))
+    status = Status(
+        namespace=settings.namespace,
+        shards=shards,
+        exporter=exporter,
+        exporter_lease_seconds_left=round(ttl_ms / 1000, 3) if ttl_ms > 0 else None,
+        budget_last_success_age_seconds=round(now - max(successes), 3) if successes else None,
+        producers=producers,
+    )
+    _judge(status, max_age)
+    return status
+
+
+def _judge(status: Status, max_age: float) -> None:
+    for s in status.shards:
+        where = f"shard {s.shard}"
+        if not s.group_exists and s.stream_length:
+            status.problems.append(f"{where}: no consumer group: no aggregator has read this stream")
+        if s.backlog_age_seconds > max_age:
+            status.problems.append(f"{where}: entries wait {s.backlog_age_seconds:.0f} s to be read (max {max_age:g})")
+        if s.oldest_pending_age_seconds > max_age:
+            status.problems.append(
+                f"{where}: an entry has been pending {s.oldest_pending_age_seconds:.0f} s (max {max_age:g})"
+            )
+        if s.group_exists and s.consumers == 0:
+            status.problems.append(f"{where}: the group has no consumers")
+        dead = {k: v for k, v in s.stats.items() if k.startswith("dead_") and v}
+        if dead:
+            status.warnings.append(f"{where}: dead letters {dead} (python -m aggregator dead-letters list)")
+        for stat in ("lost_entries", "events_lost_unclean_exit", "state_resets"):
+            if s.stats.get(stat):
+                status.warnings.append(f"{where}: {stat} = {s.stats[stat]:,}")
+    if status.exporter is None:
+        status.problems.append("no aggregator holds the exporter lease: nobody exports LiteLLM's series")
+    for p in status.producers:
+        if p.events_dropped:
+            status.warnings.append(f"producer {p.producer}: {p.events_dropped:,} events dropped")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "never"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def render(status: Status, settings: AggregatorSettings) -> str:
+    lines = [
+        f"namespace {status.namespace}, {len(status.shards)} shard(s), group {settings.group}, Redis "
+        f"{safe_url(settings.redis_url, passwords_in(settings.redis_url))}"
+    ]
+    if status.exporter is None:
+        lines.append("exporter: none")
+    else:
+        lines.append(f"exporter: {status.exporter} (lease {_seconds(status.exporter_lease_seconds_left)} left)")
+    if status.budget_last_success_age_seconds is None:
+        lines.append("budget refresh: no success recorded")
+    else:
+        lines.append(f"budget refresh: last success {_seconds(status.budget_last_success_age_seconds)} ago")
+    for s in status.shards:
+        st = s.stats
+        backlog = "unknown" if s.backlog is None else f"{s.backlog:,}"
+        lines.append(
+            f"shard {s.shard}: stream {s.stream_length:,} entries, backlog {backlog} "
+            f"(oldest {_seconds(s.backlog_age_seconds)}), pending {s.pending:,} "
+            f"(oldest {_seconds(s.oldest_pending_age_seconds)}), {s.consumers} consumer(s)"
+        )
+        lines.append(
+            f"  applied {st.get('events_applied', 0):,} events in {st.get('entries_applied', 0):,} entries; "
+            f"duplicates {st.get('duplicate_entries', 0):,}; dead letters "
+            f"{sum(v for k, v in st.items() if k.startswith('dead_')):,}; lost entries {st.get('lost_entries', 0):,}; "
+            f"lost at unclean exits {st.get('events_lost_unclean_exit', 0):,}"
+        )
+    lines.append(f"producers reporting in the last 24 h: {len(status.producers)}")
+    for p in sorted(status.producers, key=lambda p: p.last_report_age_seconds):
+        state = "closed" if p.closed else "running"
+        lines.append(
+            f"  {p.producer}  sent {p.events_sent:,}  applied {p.events_applied:,}  dropped {p.events_dropped:,}  "
+            f"lost entries {p.lost_entries:,}  last report {_seconds(p.last_report_age_seconds)} ago  {state}"
+        )
+    lines += [f"warning: {w}" for w in status.warnings]
+    lines += [f"PROBLEM: {p}" for p in status.problems] or ["no problems"]
+    return "\n".join(lines)
