@@ -57,7 +57,7 @@ class Aggregator:
     ) -> None:
         self.settings = settings
         self.config = config or load_metrics_config(settings)
-        self.engine = Engine(self.config)
+        self.engine = Engine(self.config, settings.max_label_value_length)
         self.client = create_client(settings)
         schemas = {
             mkey: self.engine.label_names(m.name)
@@ -68,7 +68,7 @@ class Aggregator:
             ShardConsumer(self.client, settings, shard, self.engine.build_delta, schemas)
             for shard in range(settings.shards)
         ]
-        limits = build_limits(self.engine)
+        limits = build_limits(self.engine, settings.max_series_per_metric)
         gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := self.engine.metric_key(m.name))]
         for c in self.consumers:
             c.applier.limits = limits

@@ -6,7 +6,11 @@ has a plain bug (``docs/compatibility.md``). An event is applied wholly or not a
 values are read and checked first and only added to the batch delta when nothing was invalid.
 
 Label values are stored as LiteLLM renders them: sanitised (spec §2.1) and ``None`` as the
-string ``"None"``.
+string ``"None"``; then a value longer than ``max_label_value_length`` bytes
+(``LSM_MAX_LABEL_VALUE_LENGTH``) is cut and ends with a digest of the whole value
+(:func:`truncate_label_value`), in every series whatever the path. ``end_user`` is ``"None"``
+unless the configuration opts in (LiteLLM's ``enable_end_user_cost_tracking_prometheus_only``),
+whatever the event carries.
 
 Success events (nine in ten events) take a faster path than the other kinds: the series they
 update depend only on the caller's identity (label fields, custom and tag labels) and a few
@@ -18,9 +22,10 @@ are read (:meth:`Engine._success_values`) and added to the delta through the pla
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aggregator.catalog import CATALOG
 from aggregator.gc_pause import paused_gc
 from aggregator.litellm_config import MetricsConfig
+from aggregator.settings import DEFAULT_MAX_LABEL_VALUE_LENGTH
 from aggregator.state import MAX_ABS_AMOUNT, REMOVE, Delta, Key, encode_series, metric_key
 from producer import wire
 
@@ -46,6 +52,9 @@ RESET_TIME_GAUGES = frozenset(
         "litellm_customer_budget_remaining_hours_metric",
     }
 )
+
+#: Shard-stats field prefix counting events whose value of a label was truncated (+ label name).
+TRUNCATED_STAT = "label_truncated:"
 
 # Integers beyond this do not convert to a float (OverflowError).
 MAX_INT_FLOAT = int(sys.float_info.max)
@@ -73,6 +82,64 @@ def sanitize(value: object) -> str:
     if "\\" in s or '"' in s:
         s = s.replace("\\", "\\\\").replace('"', '\\"')
     return s
+
+
+#: What replaces the cut-off end of a longer value: ``...#`` and 16 hex digits of the SHA-256 of
+#: the whole value, so that two long values with the same beginning stay two series.
+_TRUNCATION_MARK = "...#"
+TRUNCATION_SUFFIX_LENGTH = len(_TRUNCATION_MARK) + 16
+_ASCII_ONLY = str.isascii  # O(1) in CPython: a flag of the string
+
+
+def too_long(value: object, limit: int) -> bool:
+    """Whether a label value is longer than ``limit`` UTF-8 bytes."""
+    if type(value) is not str or len(value) <= limit // 4:  # 4 bytes per character at most
+        return False
+    if len(value) > limit:
+        return True
+    return not _ASCII_ONLY(value) and len(value.encode("utf-8", "surrogatepass")) > limit
+
+
+def truncate_label_value(value: str, limit: int) -> str:
+    """A label value of at most ``limit`` UTF-8 bytes: unchanged when it fits, else its beginning
+    (cut at a character boundary) followed by ``...#`` and 16 hex digits of the SHA-256 of the
+    whole value. Deterministic: one long value always gives the same series, in every process;
+    two long values that differ anywhere give two series."""
+    if not too_long(value, limit):
+        return value
+    raw = value.encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    head = raw[: limit - TRUNCATION_SUFFIX_LENGTH].decode("utf-8", "ignore")
+    return f"{head}{_TRUNCATION_MARK}{digest}"
+
+
+def _holds_longer(value: tuple[Any, ...], length: int) -> bool:
+    """Whether a plan-cache key (or a tuple in it) holds a string longer than ``length``."""
+    for part in value:
+        kind = type(part)
+        if (kind is str and len(part) > length) or (kind is tuple and _holds_longer(part, length)):
+            return True
+    return False
+
+
+def _texts_longer(values: Iterable[Any], length: int) -> bool:
+    """Whether label values (strings, as a rule) hold one longer than ``length``."""
+    try:
+        return max(map(len, values), default=0) > length  # in C: the usual case
+    except TypeError:
+        return any(type(v) is str and len(v) > length for v in values)
+
+
+def _long_key_part(value: object, limit: int) -> object:
+    """A plan-cache key part with every label value longer than ``limit`` replaced by its
+    digest (the key must not hold a long value: the cache would keep it alive)."""
+    if type(value) is str:
+        if too_long(value, limit):
+            return ("\0long", len(value), hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest())
+        return value
+    if type(value) is tuple:
+        return tuple(_long_key_part(v, limit) for v in value)
+    return value
 
 
 def number(value: object, what: str, allow_negative: bool = False) -> float:
@@ -120,7 +187,8 @@ def epoch(value: object) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str) and value:
-        return _epoch_text(value)
+        # An ISO 8601 time is short; anything long is not one (and is not kept in the cache).
+        return _epoch_text(value) if len(value) <= 64 else None
     return None
 
 
@@ -351,25 +419,39 @@ class _Plan:
     counters: tuple[tuple[Key, int], ...]
     histograms: tuple[tuple[Key, tuple[float, ...], int], ...]
     gauges: tuple[tuple[Key, int], ...]
+    # The shard-stats fields to count per event: one per label truncated in the plan's series.
+    truncated: tuple[str, ...] = ()
 
 
 class _Ops:
     """Updates of one event (other than a success), committed to the batch delta only if the
     whole event is valid."""
 
-    __slots__ = ("gauges", "incs", "observations")
+    __slots__ = ("gauges", "incs", "observations", "truncated")
 
     def __init__(self) -> None:
         self.incs: list[tuple[Key, float]] = []
         self.observations: list[tuple[Key, tuple[float, ...], float]] = []
         self.gauges: list[tuple[Key, float | None]] = []
+        #: Names of the labels whose value had to be truncated.
+        self.truncated: set[str] = set()
 
 
 class Engine:
     """Turns events into a :class:`Delta` for one metrics configuration."""
 
-    def __init__(self, config: MetricsConfig) -> None:
+    def __init__(self, config: MetricsConfig, max_label_value_length: int = DEFAULT_MAX_LABEL_VALUE_LENGTH) -> None:
+        if max_label_value_length < 2 * TRUNCATION_SUFFIX_LENGTH:
+            raise ValueError(f"max_label_value_length must be at least {2 * TRUNCATION_SUFFIX_LENGTH}")
         self.config = config
+        #: Longest label value written, in UTF-8 bytes; longer ones are truncated (``truncate_label_value``).
+        self.max_label_value_length = max_label_value_length
+        # LiteLLM's end_user label is a real id only with the opt-in; otherwise it is "None",
+        # whatever an event carries (the end-user series caps exist only with the opt-in too).
+        self._end_user_tracking = config.end_user_tracking
+        self._success_label_fields = tuple(
+            f for f in _SUCCESS_LABEL_FIELDS if self._end_user_tracking or f != "end_user"
+        )
         self._labels: dict[str, tuple[str, ...]] = {}
         # (label name, value when the event does not set it) per metric: LiteLLM renders a missing
         # value "None", except a configured tag label, which is "false" whenever the request's
@@ -468,6 +550,9 @@ class Engine:
                 delta.inc_indexed(plan.counters, values)
                 delta.observe_indexed(plan.histograms, values)
                 delta.set_indexed(plan.gauges, values, t)
+                if plan.truncated:
+                    for stat in plan.truncated:
+                        delta.count(stat)
             else:
                 handler = self._handlers.get(kind) if isinstance(kind, str) else None
                 if handler is None:
@@ -486,31 +571,49 @@ class Engine:
         delta.count("events_applied_" + str(kind))
         return True
 
-    def _series(self, name: str, labels: Labels) -> str | None:
-        """The series of ``name`` for these label values, or None when the metric is disabled."""
+    def _series(self, name: str, labels: Labels, truncated: set[str] | None = None) -> str | None:
+        """The series of ``name`` for these label values, or None when the metric is disabled.
+        A value longer than ``max_label_value_length`` is truncated; its label's name is added
+        to ``truncated``."""
         if name not in self._mkeys:
             return None
-        return encode_series([*map(labels.get, self._labels[name], self._defaults[name])])
+        names = self._labels[name]
+        values = [*map(labels.get, names, self._defaults[name])]
+        self._truncate(names, values, truncated)
+        return encode_series(values)
 
-    def _key(self, name: str, labels: Labels) -> Key | None:
+    def _truncate(self, names: Sequence[str], values: list[Any], truncated: set[str] | None) -> None:
+        """Truncate the values longer than the limit, in place (adding their label names to
+        ``truncated``)."""
+        limit = self.max_label_value_length
+        for i, value in enumerate(values):
+            if too_long(value, limit):
+                values[i] = truncate_label_value(value, limit)
+                if truncated is not None:
+                    truncated.add(names[i])
+
+    def _key(self, ops: _Ops, name: str, labels: Labels) -> Key | None:
         """The delta key of ``name``'s series for these label values (None: metric disabled)."""
-        series = self._series(name, labels)
+        series = self._series(name, labels, ops.truncated)
         return None if series is None else (self._mkeys[name], series)
 
     def _inc(self, ops: _Ops, name: str, labels: Labels, amount: float = 1.0) -> None:
-        key = self._key(name, labels)
+        key = self._key(ops, name, labels)
         if key is not None:
             ops.incs.append((key, amount))
 
     def _observe(self, ops: _Ops, name: str, labels: Labels, value: float) -> None:
-        key = self._key(name, labels)
+        key = self._key(ops, name, labels)
         if key is not None:
             ops.observations.append((key, self._bounds[name], number(value, "observation", allow_negative=True)))
 
     def _set(self, ops: _Ops, name: str, labels: Labels, value: float, t: float) -> None:
-        key = self._key(name, labels)
+        key = self._key(ops, name, labels)
         if key is not None:
             ops.gauges.append((key, value))
+
+    def _end_user(self, value: object) -> str:
+        return sanitize(value) if self._end_user_tracking else "None"
 
     # -- label sets ---------------------------------------------------------------------------------
 
@@ -710,7 +813,7 @@ class Engine:
             user_alias = _padded(budget, _N_BUDGET)[_B["user_api_key_user_alias"]]
         mcp_tool, mcp_server = g("mcp_tool"), g("mcp_server")
         key = (
-            *map(g, _SUCCESS_LABEL_FIELDS),
+            *map(g, self._success_label_fields),
             _frozen(g("custom_labels")),
             _frozen(g("tag_labels")),
             # What else picks the label values of some series (see _success_label_sets).
@@ -724,18 +827,38 @@ class Engine:
         )
         plan = self._plans.get(key)
         if plan is None:
-            _make_room(self._plans, PLAN_CACHE_SIZE)
-            plan = self._plans[key] = self._build_plan(self._success_label_sets(ev))
+            # A key holding a long label value is remembered by the value's digest instead: the
+            # cache must not keep long values alive. Such an event always misses the lookup
+            # above and finds its plan here.
+            if _holds_longer(key, self.max_label_value_length // 4):
+                key = _long_key_part(key, self.max_label_value_length)  # type: ignore[assignment]
+                plan = self._plans.get(key)
+            if plan is None:
+                _make_room(self._plans, PLAN_CACHE_SIZE)
+                plan = self._plans[key] = self._build_plan(self._success_label_sets(ev))
         return plan
 
     def _build_plan(self, label_sets: Mapping[str, Labels | None]) -> _Plan:
         """Resolve every row of the success tables to a delta key (left out: rows whose label
         set the identity does not have)."""
         tables: tuple[list[Key | None], ...] = tuple([None] * n for n in self._plan_sizes)
+        truncated: set[str] = set()
+        # Rarely any label value is long (no value of a quarter of the limit can be: UTF-8).
+        quarter = self.max_label_value_length // 4
+        cut_any = False
+        for labels in label_sets.values():
+            if labels and _texts_longer(labels.values(), quarter):
+                cut_any = True
+                break
         for (set_name, names, defaults), rows in self._plan_groups.items():
             labels = label_sets.get(set_name)
             if labels is not None:
-                series = self._shared_series(tuple(map(labels.get, names, defaults)))
+                values = tuple(map(labels.get, names, defaults))
+                if cut_any:
+                    cut = list(values)
+                    self._truncate(names, cut, truncated)
+                    values = tuple(cut)
+                series = self._shared_series(values)
                 for table, row, mkey in rows:
                     tables[table][row] = (mkey, series)
         counters, histograms, gauges = tables
@@ -747,10 +870,12 @@ class Engine:
                 if k is not None
             ),
             tuple((k, slot) for k, slot in zip(gauges, self._gauge_slots, strict=True) if k is not None),
+            tuple(f"{TRUNCATED_STAT}{name}" for name in sorted(truncated)),
         )
 
     def _shared_series(self, values: tuple[str, ...]) -> str:
-        """The series string of these label values, encoded once and shared by every plan."""
+        """The series string of these (already truncated) label values, encoded once and shared
+        by every plan."""
         cache = self._series_cache
         series = cache.get(values)
         if series is None:
@@ -798,7 +923,7 @@ class Engine:
         stream = g("stream")
         return self._with_extras(
             {
-                "end_user": sanitize(g("end_user")),
+                "end_user": self._end_user(g("end_user")),
                 "hashed_api_key": sanitize(g("hashed_api_key")),
                 "api_key_alias": sanitize(g("api_key_alias")),
                 "requested_model": sanitize(g("model_group")),
@@ -878,7 +1003,7 @@ class Engine:
         g = ev.get
         labels = self._with_extras(
             {
-                "end_user": sanitize(g("end_user")),
+                "end_user": self._end_user(g("end_user")),
                 "hashed_api_key": sanitize(g("hashed_api_key")),
                 "api_key_alias": sanitize(g("api_key_alias")),
                 "model": sanitize(g("model")),
@@ -964,6 +1089,7 @@ class Engine:
         )
         labels["status_code"] = labels["exception_status"] = sanitize(status)
         labels["stream"] = sanitize(str(g("stream")))
+        labels["end_user"] = self._end_user(g("end_user"))
         self._inc(ops, "litellm_proxy_failed_requests_metric", labels)
         self._inc(ops, "litellm_proxy_total_requests_metric", labels)
 
@@ -1132,6 +1258,8 @@ def _positive_number(value: object) -> float | None:
 
 
 def _commit(delta: Delta, ops: _Ops, t: float) -> None:
+    for name in ops.truncated:
+        delta.count(TRUNCATED_STAT + name)
     for (mkey, series), amount in ops.incs:
         delta.inc(mkey, series, amount)
     for (mkey, series), bounds, value in ops.observations:

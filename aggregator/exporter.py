@@ -1,5 +1,10 @@
 """What ``/metrics`` returns: the business series (only while this process leads), the shared
-health (leader only too) and this process's own self-metrics (always)."""
+health (leader only too) and this process's own self-metrics (always).
+
+A scrape never fails as a whole because of the business series: when reading or rendering them
+fails (Redis error, out of memory) the answer still carries the health (``lsm_*``), and families
+that would exceed ``LSM_RENDER_MAX_FIELDS`` are left out whole (``lsm_render_incomplete``,
+``lsm_render_errors_total``, ``lsm_render_omitted_fields``)."""
 
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.consumer import ShardConsumer
 from aggregator.engine import Engine
-from aggregator.exposition import Exposition, assemble, choose_format, render_registry
+from aggregator.exposition import EOF, Exposition, choose_format, render_registry
 from aggregator.http_server import RenderCache
 from aggregator.leadership import Leadership
 from aggregator.selfexport import ProcessCollector, RenderStats, SharedCollector
 from aggregator.settings import AggregatorSettings
+from aggregator.textformat import Format
 from producer.keys import Keys
 from producer.urls import passwords_in, safe_url
 
@@ -49,32 +55,67 @@ class Exporter:
         self.registry.register(ProcessCollector(consumers, leadership, self.render_stats))
         self.shared_registry = CollectorRegistry(auto_describe=False)
         self.shared_registry.register(SharedCollector(self.client, self.keys, settings.group))
-        self.cache = RenderCache(settings.render_cache_seconds)
+        self.cache: RenderCache[tuple[bytes, ...]] = RenderCache(settings.render_cache_seconds)
         self._readiness_lock = threading.Lock()
         self._readiness_detail: str | None = None
+        self._omitted_logged: set[str] = set()
         self._liveness_detail: str | None = None
 
-    def render(self, accept: str | None, names: frozenset[str] | None) -> tuple[bytes, str]:
+    def render(self, accept: str | None, names: frozenset[str] | None) -> tuple[list[bytes], str]:
+        """The body, as parts to write one after the other (never joined: a large body is not
+        held twice), and its content type."""
         fmt, content_type = choose_format(accept)
         parts: list[bytes] = []
         epoch = self.leadership.epoch if self.leadership.is_leader() else None
         if epoch is not None:
             hits = self.cache.hits
-            body = self.cache.get_or_render((fmt, names, epoch), lambda: self._render_leader(fmt, names))
+            leader_parts = self.cache.get_or_render((fmt, names, epoch), lambda: self._render_leader(fmt, names))
             self.render_stats.cache_hits += self.cache.hits - hits
             # Leadership may have ended while rendering: then the business series are not ours
             # to export any more (another process may already export them).
             if self.leadership.is_leader() and self.leadership.epoch == epoch:
-                parts.append(body)
+                parts += leader_parts
+        else:
+            self.render_stats.standby()
         parts.append(render_registry(self.registry, fmt, names))
-        return assemble(fmt, *parts), content_type
+        if fmt == "openmetrics":
+            parts.append(EOF)
+        return parts, content_type
 
-    def _render_leader(self, fmt: str, names: frozenset[str] | None) -> bytes:
+    def _render_leader(self, fmt: Format, names: frozenset[str] | None) -> tuple[bytes, ...]:
+        """The business series and the shared health, each part on its own: a failure of one
+        leaves the other (and the process's self-metrics) in the answer."""
         started = time.perf_counter()
-        body = self.exposition.render(fmt, names) + render_registry(self.shared_registry, fmt, names)  # type: ignore[arg-type]
         x = self.exposition
-        self.render_stats.record(fmt, time.perf_counter() - started, len(body), x.series_counts, x.skipped)
-        return body
+        limit = self.settings.render_max_fields or None
+        parts: list[bytes] = []
+        errors: list[str] = []
+        try:
+            parts = x.render_parts(fmt, names, max_fields=limit)
+        except Exception as exc:  # Redis error, MemoryError...: serve the health anyway
+            parts = []
+            errors.append(type(exc).__name__)
+            log.error("rendering the business series failed; serving the self-metrics only: %s", _describe(exc))
+        else:
+            if x.omitted and set(x.omitted) != self._omitted_logged:
+                log.warning(
+                    "/metrics left out %d famil%s over LSM_RENDER_MAX_FIELDS=%d (stored fields): %s",
+                    len(x.omitted),
+                    "y" if len(x.omitted) == 1 else "ies",
+                    limit,
+                    ", ".join(f"{name} ({n:,})" for name, n in sorted(x.omitted.items())),
+                )
+            self._omitted_logged = set(x.omitted)  # logged again when the set changes
+        try:
+            parts.append(render_registry(self.shared_registry, fmt, names))
+        except Exception as exc:
+            errors.append(type(exc).__name__)
+            log.error("rendering the shared health failed: %s", _describe(exc))
+        omitted = {} if errors else dict(x.omitted)
+        self.render_stats.record(
+            fmt, time.perf_counter() - started, sum(map(len, parts)), x.series_counts, x.skipped, omitted, bool(errors)
+        )
+        return tuple(parts)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for the open ``/readyz``: a few words. What exactly is wrong (the Redis
@@ -125,6 +166,11 @@ class Exporter:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for the log, with any password in a URL masked."""
+    return safe_url(f"{type(exc).__name__}: {exc}")
 
 
 def _text(value: object) -> str:

@@ -2,10 +2,12 @@
 
 Two steps, both usable from a plain thread with a synchronous ``redis.Redis`` client:
 
-1. :func:`read_state` fetches every enabled metric's hashes of every shard (one pipelined
+1. :func:`iter_state` fetches every enabled metric's hashes of every shard (one pipelined
    ``HLEN`` round trip, then pipelined ``HGETALL`` in batches of at most ``PIPELINE_FIELDS``
-   fields; a hash larger than ``SCAN_THRESHOLD`` fields is read with ``HSCAN`` so no single
-   reply grows to hundreds of MB). Fields stay raw bytes: no JSON decoding here.
+   fields, handed over batch by batch; a hash larger than ``SCAN_THRESHOLD`` fields is read with
+   ``HSCAN`` so no single reply grows to hundreds of MB). Fields stay raw bytes: no JSON
+   decoding here. :meth:`Exposition.render` renders each batch before reading the next, and
+   with ``max_fields`` leaves whole families out (the largest) rather than read more than that.
 2. :meth:`Exposition.render_state` merges the shards and writes the text. Each series' label
    text (``name{a="x",b="y"} ``) is built once from its field (the JSON array of label values)
    and kept in a bounded cache across scrapes; a scrape then costs dict look-ups and byte
@@ -32,7 +34,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -59,6 +61,7 @@ __all__ = [
     "State",
     "assemble",
     "choose_format",
+    "iter_state",
     "read_state",
     "render_registry",
 ]
@@ -98,6 +101,8 @@ class State:
     metrics: list[MetricState] = field(default_factory=list)
     fields: int = 0  # hash fields read
     round_trips: int = 0
+    #: Metrics left out because reading them would have exceeded ``max_fields``: name -> fields.
+    omitted: dict[str, int] = field(default_factory=dict)
 
 
 def _kind_prefix(mdef: MetricDef) -> str:
@@ -121,11 +126,35 @@ def read_state(
     engine: Engine,
     names: frozenset[str] | None = None,
     with_times: bool | None = None,
+    max_fields: int | None = None,
 ) -> State:
     """Fetch the hashes of every enabled metric (only those ``names`` asks for) of every shard.
 
     ``with_times``: read the gauges' ``gt`` hashes (default: only with several shards, where the
-    merge needs them)."""
+    merge needs them). ``max_fields``: see :func:`iter_state`."""
+    state = State()
+    for chunk in iter_state(client, keys, engine, state, names, with_times, max_fields):
+        state.metrics.extend(chunk)
+    return state
+
+
+def iter_state(
+    client: redis.Redis,
+    keys: Keys,
+    engine: Engine,
+    state: State,
+    names: frozenset[str] | None = None,
+    with_times: bool | None = None,
+    max_fields: int | None = None,
+) -> Iterator[list[MetricState]]:
+    """:func:`read_state` a few metrics at a time (pipelined round trips of at most
+    ``PIPELINE_FIELDS`` fields), in registration order, so that a caller that renders each chunk
+    and lets it go never holds every metric's hashes at once.
+
+    ``max_fields``: read at most this many hash fields in all. When the metrics hold more, the
+    smallest are read while they fit and the others are left out whole (never half a metric):
+    ``state.omitted`` (metric name -> its fields) says which. Sizes come from one HLEN round trip
+    before anything is read, so what is left out costs no memory."""
     shards = keys.shards
     times = shards > 1 if with_times is None else with_times
     plan: list[tuple[MetricDef, str, list[str], list[str]]] = []
@@ -138,60 +167,71 @@ def read_state(
         tkeys = [keys.metric(s, "gt", mkey) for s in range(shards)] if times and mdef.kind == "gauge" else []
         plan.append((mdef, mkey, vkeys, tkeys))
         all_keys += vkeys + tkeys
-    state = State()
-    fetched = _fetch(client, all_keys, state)
-    for mdef, mkey, vkeys, tkeys in plan:
-        state.metrics.append(
-            MetricState(
-                mdef,
-                mkey,
-                engine.label_names(mdef.name),
-                engine.upper_bounds(mdef.name),
-                tuple(fetched[k] for k in vkeys),
-                tuple(fetched[k] for k in tkeys) if tkeys else None,
-            )
-        )
-    return state
-
-
-def _fetch(client: redis.Redis, names: list[str], state: State) -> dict[str, dict[bytes, bytes]]:
-    out: dict[str, dict[bytes, bytes]] = {}
-    if not names:
-        return out
+    if not plan:
+        return
     pipe = client.pipeline(transaction=False)
-    for k in names:
+    for k in all_keys:
         pipe.hlen(k)
-    sizes = pipe.execute()
+    sizes = dict(zip(all_keys, (int(n) for n in pipe.execute()), strict=True))
     state.round_trips += 1
-    batch: list[str] = []
-    batch_fields = 0
+    per_metric = [sum(sizes[k] for k in vkeys + tkeys) for _m, _k, vkeys, tkeys in plan]
+    keep = range(len(plan))
+    if max_fields is not None and sum(per_metric) > max_fields:
+        kept: set[int] = set()
+        used = 0
+        for i in sorted(range(len(plan)), key=per_metric.__getitem__):
+            if used + per_metric[i] > max_fields:
+                break
+            kept.add(i)
+            used += per_metric[i]
+        for i in range(len(plan)):
+            if i not in kept:
+                state.omitted[plan[i][0].name] = per_metric[i]
+        keep = sorted(kept)  # type: ignore[assignment]
 
-    def flush() -> None:
-        nonlocal batch, batch_fields
-        if not batch:
-            return
-        p = client.pipeline(transaction=False)
-        for k in batch:
-            p.hgetall(k)
-        for k, reply in zip(batch, p.execute(), strict=True):
-            out[k] = reply
-        state.round_trips += 1
-        batch, batch_fields = [], 0
+    chunk: list[tuple[MetricDef, str, list[str], list[str]]] = []
+    chunk_fields = 0
 
-    for k, n in zip(names, sizes, strict=True):
-        n = int(n)
-        state.fields += n
-        if n == 0:
-            out[k] = {}
-        elif n > SCAN_THRESHOLD:
-            out[k] = _scan(client, k, state)
-        else:
-            if batch_fields + n > PIPELINE_FIELDS:
-                flush()
-            batch.append(k)
-            batch_fields += n
-    flush()
-    return out
+    def fetch(part: list[tuple[MetricDef, str, list[str], list[str]]]) -> list[MetricState]:
+        out: dict[str, dict[bytes, bytes]] = {}
+        batch = [k for _m, _k, vkeys, tkeys in part for k in vkeys + tkeys if 0 < sizes[k] <= SCAN_THRESHOLD]
+        if batch:
+            p = client.pipeline(transaction=False)
+            for k in batch:
+                p.hgetall(k)
+            out.update(zip(batch, p.execute(), strict=True))
+            state.round_trips += 1
+        metrics = []
+        for mdef, mkey, vkeys, tkeys in part:
+            for k in vkeys + tkeys:
+                n = sizes[k]
+                state.fields += n
+                if n == 0:
+                    out[k] = {}
+                elif n > SCAN_THRESHOLD:
+                    out[k] = _scan(client, k, state)
+            metrics.append(
+                MetricState(
+                    mdef,
+                    mkey,
+                    engine.label_names(mdef.name),
+                    engine.upper_bounds(mdef.name),
+                    tuple(out[k] for k in vkeys),
+                    tuple(out[k] for k in tkeys) if tkeys else None,
+                )
+            )
+        return metrics
+
+    for i in keep:
+        entry = plan[i]
+        pipelined = sum(n for k in entry[2] + entry[3] if (n := sizes[k]) <= SCAN_THRESHOLD)
+        if chunk and chunk_fields + pipelined > PIPELINE_FIELDS:
+            yield fetch(chunk)
+            chunk, chunk_fields = [], 0
+        chunk.append(entry)
+        chunk_fields += pipelined
+    if chunk:
+        yield fetch(chunk)
 
 
 def _scan(client: redis.Redis, key: str, state: State) -> dict[bytes, bytes]:
@@ -361,11 +401,43 @@ class Exposition:
         self.skipped = 0
         #: Label sets per metric in the last unfiltered render (self-metric ``lsm_series``).
         self.series_counts: dict[str, int] = {}
+        #: Metrics the last render left out for ``max_fields``: name -> stored fields.
+        self.omitted: dict[str, int] = {}
 
-    def render(self, fmt: Format, names: frozenset[str] | None = None, now: float | None = None) -> bytes:
+    def render(
+        self,
+        fmt: Format,
+        names: frozenset[str] | None = None,
+        now: float | None = None,
+        max_fields: int | None = None,
+    ) -> bytes:
         """One scrape: read Redis, render. ``names`` restricts like prometheus_client's ``name[]``.
         OpenMetrics output does *not* end with ``# EOF`` (append :data:`EOF` after any other part)."""
-        return self.render_state(self.read(names), fmt, names, now)
+        return b"".join(self.render_parts(fmt, names, now, max_fields))
+
+    def render_parts(
+        self,
+        fmt: Format,
+        names: frozenset[str] | None = None,
+        now: float | None = None,
+        max_fields: int | None = None,
+    ) -> list[bytes]:
+        """:meth:`render` as one bytes object per family (join them, or write them one after the
+        other). Redis is read a few metrics at a time and each chunk is rendered before the next
+        is read. ``max_fields``: read at most this many hash fields; families that do not fit are
+        left out whole (the smallest are kept, see :func:`iter_state`) and listed in
+        :attr:`omitted`."""
+        state = State()
+        parts: list[bytes] = []
+        for chunk in iter_state(self.client, self.keys, self.engine, state, names, max_fields=max_fields):
+            parts += self._render_metrics(chunk, fmt, names, now)
+        self.omitted = dict(state.omitted)
+        for name in state.omitted:
+            self.series_counts.pop(name, None)
+            mkey = self.engine.metric_key(name)
+            if mkey is not None and self._heads.pop(mkey, None) is not None:
+                self._cached = sum(len(d) for d in self._heads.values())
+        return parts
 
     def read(self, names: frozenset[str] | None = None) -> State:
         return read_state(self.client, self.keys, self.engine, names)
@@ -379,9 +451,15 @@ class Exposition:
         self, state: State, fmt: Format, names: frozenset[str] | None = None, now: float | None = None
     ) -> bytes:
         """Render fetched state (no I/O)."""
+        return b"".join(self._render_metrics(state.metrics, fmt, names, now))
+
+    def _render_metrics(
+        self, metrics: Sequence[MetricState], fmt: Format, names: frozenset[str] | None, now: float | None
+    ) -> list[bytes]:
+        """One bytes object per rendered family."""
         now = time.time() if now is None else now
         out: list[bytes] = []
-        for ms in state.metrics:
+        for ms in metrics:
             if not wanted(ms.mdef, names):
                 continue
             ft = self._family_text(ms)
@@ -409,11 +487,12 @@ class Exposition:
             if not body and not ms.label_names:
                 body = self._zero_lines(ms, ft, names)
             if body or names is None:
-                out.append(ft.header[fmt])
-                out += body
+                body.insert(0, ft.header[fmt])
+                out.append(b"".join(body))
+            del body
             self._heads[ms.mkey] = new
             self._cached = sum(len(d) for d in self._heads.values())
-        return b"".join(out)
+        return out
 
     # -- per kind -----------------------------------------------------------------------------
 

@@ -13,15 +13,15 @@ so rendering a large exposition never blocks the event loop that consumes the st
 
 from __future__ import annotations
 
-import gzip
 import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from aggregator.auth import MetricsAuth
@@ -29,12 +29,16 @@ from aggregator.settings import AggregatorConfigError, AggregatorSettings
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
+T = TypeVar("T")
+# Body parts are written in sends of about this size.
+_WRITE_CHUNK = 256 * 1024
+
 
 class MetricsSource(Protocol):
     """What the server needs from the aggregator process."""
 
-    def render(self, accept: str | None, names: frozenset[str] | None) -> tuple[bytes, str]:
-        """The exposition body and its content type."""
+    def render(self, accept: str | None, names: frozenset[str] | None) -> tuple[Sequence[bytes], str]:
+        """The exposition body (parts written one after the other) and its content type."""
         ...
 
     def readiness(self) -> tuple[bool, str]:
@@ -141,19 +145,33 @@ class _Handler(BaseHTTPRequestHandler):
             return
         extra = {}
         if _accepts_gzip(self.headers.get("Accept-Encoding")):
-            body = gzip.compress(body, compresslevel=5)
+            gz = zlib.compressobj(5, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+            body = [*(gz.compress(part) for part in body), gz.flush()]
             extra["Content-Encoding"] = "gzip"
         self._reply(200, body, content_type, extra)
 
-    def _reply(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+    def _reply(
+        self, code: int, body: bytes | Sequence[bytes], content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        parts = [body] if isinstance(body, bytes) else body
         self.send_response(code)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(map(len, parts))))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            # Small parts go out together (few sends); a large one on its own (no copy).
+            pending: list[bytes] = []
+            size = 0
+            for part in parts:
+                if size + len(part) > _WRITE_CHUNK and pending:
+                    self.wfile.write(b"".join(pending))
+                    pending, size = [], 0
+                pending.append(part)
+                size += len(part)
+            if pending:
+                self.wfile.write(b"".join(pending) if len(pending) > 1 else pending[0])
 
     do_HEAD = do_GET
 
@@ -203,7 +221,7 @@ class MetricsServer:
         self._server.server_close()
 
 
-class RenderCache:
+class RenderCache(Generic[T]):
     """Reuses a rendered body for at most ``max_age`` seconds, per (format, names, generation).
 
     ``generation`` changes whenever what may be exported changes (e.g. leadership), so a body
@@ -213,10 +231,10 @@ class RenderCache:
         self.max_age = max_age
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[tuple[object, ...], tuple[float, bytes]] = {}
+        self._entries: dict[tuple[object, ...], tuple[float, T]] = {}
         self.hits = 0
 
-    def get_or_render(self, key: tuple[object, ...], render: Callable[[], bytes]) -> bytes:
+    def get_or_render(self, key: tuple[object, ...], render: Callable[[], T]) -> T:
         if self.max_age <= 0:
             return render()
         with self._lock:  # one render per key at a time: concurrent scrapes share it

@@ -38,15 +38,39 @@ class RenderStats:
     # Label sets per metric in the last full render, and series skipped (unreadable) since start.
     series: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
+    # Renders that failed ("error") or left families out ("too_large"); the last render's state.
+    errors: dict[str, int] = field(default_factory=dict)
+    incomplete: bool = False
+    omitted: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, fmt: str, seconds: float, size: int, series: dict[str, int], skipped: int) -> None:
+    def record(
+        self,
+        fmt: str,
+        seconds: float,
+        size: int,
+        series: dict[str, int],
+        skipped: int,
+        omitted: dict[str, int] | None = None,
+        failed: bool = False,
+    ) -> None:
         with self.lock:
             self.seconds_sum[fmt] = self.seconds_sum.get(fmt, 0.0) + seconds
             self.count[fmt] = self.count.get(fmt, 0) + 1
             self.last_bytes[fmt] = size
             self.series = dict(series)
             self.skipped = skipped
+            self.omitted = dict(omitted or {})
+            self.incomplete = failed or bool(self.omitted)
+            for reason, happened in (("error", failed), ("too_large", bool(self.omitted))):
+                if happened:
+                    self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def standby(self) -> None:
+        """Not the exporter: no business series are missing from this process's answers."""
+        with self.lock:
+            self.incomplete = False
+            self.omitted = {}
 
 
 class ProcessCollector:
@@ -125,7 +149,26 @@ class ProcessCollector:
                 "lsm_render_skipped_series", "Stored series left out of renders because they could not be read"
             )
             skipped.add_metric([], float(r.skipped))
-        yield from (render, size, hits, series, skipped)
+            errors = CounterMetricFamily(
+                "lsm_render_errors",
+                "Business renders that failed (error: served without the business series) or left families out "
+                "(too_large: over LSM_RENDER_MAX_FIELDS)",
+                labels=["reason"],
+            )
+            for reason in ("error", "too_large"):
+                errors.add_metric([reason], float(r.errors.get(reason, 0)))
+            incomplete = GaugeMetricFamily(
+                "lsm_render_incomplete", "1 when this process's last business render left series out (see errors)"
+            )
+            incomplete.add_metric([], 1.0 if r.incomplete else 0.0)
+            omitted = GaugeMetricFamily(
+                "lsm_render_omitted_fields",
+                "Stored fields of each family the last render left out (over LSM_RENDER_MAX_FIELDS)",
+                labels=["metric"],
+            )
+            for metric, n in sorted(r.omitted.items()):
+                omitted.add_metric([metric], float(n))
+        yield from (render, size, hits, series, skipped, errors, incomplete, omitted)
 
 
 class SharedCollector:
@@ -161,6 +204,12 @@ class SharedCollector:
                 "Gauge updates dropped because the metric reached its series cap",
                 labels=["metric"],
             ),
+            CounterMetricFamily(
+                "lsm_label_values_truncated",
+                "Events (and budget refresh rows) whose value of this label was longer than "
+                "LSM_MAX_LABEL_VALUE_LENGTH and was truncated",
+                labels=["label"],
+            ),
             CounterMetricFamily("lsm_producer_events_sent", "Events the producer reports sent", labels=["producer"]),
             CounterMetricFamily("lsm_producer_events_applied", "Events applied", labels=["producer"]),
             CounterMetricFamily(
@@ -181,7 +230,13 @@ class SharedCollector:
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         now = time.time()
         f = self._families()
-        series_limit_stats: dict[str, dict[str, int]] = {"series_overflow": {}, "series_dropped": {}}
+        # Shard stats "<kind>:<name>" summed over shards into one family each, labelled by name.
+        by_name: dict[str, str] = {
+            "series_overflow": "lsm_series_overflow",
+            "series_dropped": "lsm_series_dropped",
+            "label_truncated": "lsm_label_values_truncated",
+        }
+        named_stats: dict[str, dict[str, int]] = {kind: {} for kind in by_name}
         for shard in range(self.keys.shards):
             h = shard_health(self.client, self.keys, shard, self.group, now)
             s = str(shard)
@@ -192,15 +247,15 @@ class SharedCollector:
             f["lsm_oldest_pending_age_seconds"].add_metric([s], h.oldest_pending_age)
             f["lsm_group_consumers"].add_metric([s], float(h.consumers))
             for stat, value in sorted(h.stats.items()):
-                kind, _, metric = stat.partition(":")
-                if metric and kind in series_limit_stats:
-                    totals = series_limit_stats[kind]
-                    totals[metric] = totals.get(metric, 0) + value
+                kind, _, name = stat.partition(":")
+                if name and kind in named_stats:
+                    totals = named_stats[kind]
+                    totals[name] = totals.get(name, 0) + value
                 else:
                     f["lsm_shard_stat"].add_metric([s, stat], float(value))
-        for kind, by_metric in series_limit_stats.items():
-            for metric, value in sorted(by_metric.items()):
-                f[f"lsm_{kind}"].add_metric([metric], float(value))
+        for kind, totals in named_stats.items():
+            for name, value in sorted(totals.items()):
+                f[by_name[kind]].add_metric([name], float(value))
         for p in producer_health(self.client, self.keys):
             if now - p.last_report > PRODUCER_REPORT_WINDOW:
                 continue

@@ -10,6 +10,10 @@ a retired counter's or histogram's value is folded into the overflow series in t
 step, so the metric's sum never goes down; a retired gauge is removed.
 
 Caps are per shard: with several shards a metric may hold up to ``shards x cap`` series.
+
+Unlike LiteLLM (no cap unless configured), metrics with a label whose values a client chooses
+(user agent, client IP, route, MCP tool, custom metadata labels) have a cap by default
+(``LSM_MAX_SERIES_PER_METRIC``), used when ``prometheus_metrics_max_series_per_metric`` is not set.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 
-from aggregator.litellm_config import SeriesLimits
+from aggregator.litellm_config import MetricsConfig, SeriesLimits
 from aggregator.state import encode_series
 from producer.keys import Keys
 
@@ -67,16 +71,41 @@ class MetricLimits:
         return self.general
 
 
-def _limit(kind: str, limits: SeriesLimits) -> Limit | None:
-    if not limits.enabled:
+#: Labels a client of the proxy sets at will (the request's headers, address, path, MCP tool).
+REQUEST_LABELS = ("user_agent", "client_ip", "route", "mcp_tool_name", "mcp_server_name")
+
+
+def _limit(kind: str, limits: SeriesLimits, default_cap: int = 0) -> Limit | None:
+    cap = limits.max_series if limits.max_series is not None else default_cap
+    if not cap and limits.ttl_seconds is None:
         return None
-    return Limit(kind, limits.max_series or 0, limits.ttl_seconds)
+    return Limit(kind, cap or 0, limits.ttl_seconds)
 
 
-def build_limits(engine: Engine) -> dict[str, MetricLimits]:
-    """metric key -> its limits, for every enabled metric that has any."""
+def request_labels(config: MetricsConfig) -> frozenset[str]:
+    """Labels whose values the caller of the proxy chooses (any client with a key can make new
+    ones at will), as opposed to values from the proxy's own configuration and database (keys,
+    teams, users, models, deployments): the custom metadata labels (request metadata), and the
+    end user when exported without LiteLLM's end-user cap."""
+    labels = set(REQUEST_LABELS) | set(config.custom_metadata_labels)
+    if config.end_user_tracking and not config.end_user_series_limits.enabled:
+        labels.add("end_user")
+    return frozenset(labels)
+
+
+def build_limits(engine: Engine, default_cap: int) -> dict[str, MetricLimits]:
+    """metric key -> its limits, for every enabled metric that has any.
+
+    ``default_cap`` (``LSM_MAX_SERIES_PER_METRIC``; 0: none) caps, when ``litellm_settings`` set
+    no valid ``prometheus_metrics_max_series_per_metric``, every metric that carries a label a
+    client chooses (:func:`request_labels`): those grow without bound under a scanner or a
+    hostile client. The other metrics' label values come from the proxy's configuration and are
+    left uncapped (a cap costs the apply script an index write per update). Series with an end
+    user under their own cap (end-user tracking on) keep that one."""
     config = engine.config
-    general = _limit("ix", config.series_limits)
+    general_all = _limit("ix", config.series_limits)
+    general_default = _limit("ix", config.series_limits, default_cap)
+    controlled = request_labels(config)
     end_user = _limit("ixe", config.end_user_series_limits) if config.end_user_tracking else None
     out: dict[str, MetricLimits] = {}
     for mdef in config.metrics():
@@ -84,6 +113,7 @@ def build_limits(engine: Engine) -> dict[str, MetricLimits]:
         if mkey is None:
             continue
         labels = engine.label_names(mdef.name)
+        general = general_default if controlled.intersection(labels) else general_all
         eu_index = labels.index("end_user") if "end_user" in labels else None
         eu = end_user if eu_index is not None else None
         if general is None and eu is None:

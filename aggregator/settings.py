@@ -19,6 +19,14 @@ from producer.keys import validate_namespace
 from producer.settings import DEFAULT_REDIS_URL
 from producer.urls import passwords_in, safe_url
 
+#: Default of ``LSM_MAX_LABEL_VALUE_LENGTH`` (the engine's own default).
+DEFAULT_MAX_LABEL_VALUE_LENGTH = 1024
+#: Default of ``LSM_MAX_SERIES_PER_METRIC``.
+DEFAULT_MAX_SERIES_PER_METRIC = 20_000
+#: Default of ``LSM_RENDER_MAX_FIELDS``.
+# About 1.4 KiB of the exporter's memory per field at render: fits the Deployment's 1 GiB limit.
+DEFAULT_RENDER_MAX_FIELDS = 400_000
+
 
 class AggregatorConfigError(ValueError):
     """Invalid aggregator settings; the message names the setting."""
@@ -58,6 +66,13 @@ class AggregatorSettings(BaseModel):
     # A gauge's removal record (which stops older writes from bringing the series back) is kept
     # this long, then forgotten.
     gauge_removal_memory_seconds: float = Field(86400.0, gt=0)
+    # Longest label value exported, in UTF-8 bytes: a longer one is cut and ends with "...#" and
+    # 16 hex digits of its SHA-256 (deterministic, and distinct long values stay distinct).
+    max_label_value_length: int = Field(DEFAULT_MAX_LABEL_VALUE_LENGTH, ge=64, le=65536)
+    # Series cap (label sets per shard) of the metrics with a label a client chooses (user agent,
+    # client IP, route, MCP tool, custom metadata labels) when litellm_settings has no valid
+    # prometheus_metrics_max_series_per_metric; 0: no cap.
+    max_series_per_metric: int = Field(DEFAULT_MAX_SERIES_PER_METRIC, ge=0)
     # /healthz fails when a shard consumer has made no progress for this long while Redis was
     # available (failures because Redis is down, loading or out of memory never count): a restart
     # may help. A Redis outage, however long, only fails /readyz.
@@ -75,6 +90,9 @@ class AggregatorSettings(BaseModel):
     tls_key_file: str | None = None
     # A rendered exposition is reused for at most this long (keep it below the scrape interval).
     render_cache_seconds: float = Field(2.0, ge=0, le=60)
+    # Hash fields read per scrape at most (about one per counter/gauge series, a histogram series
+    # its non-empty buckets + 2); families beyond are left out whole, the smallest kept. 0: none.
+    render_max_fields: int = Field(DEFAULT_RENDER_MAX_FIELDS, ge=0)
     # Leadership of the business series: lease time to live (renewed every third of it).
     leader_lease_seconds: float = Field(15.0, ge=1, le=600)
     # Budget refresh jobs.

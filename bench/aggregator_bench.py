@@ -63,7 +63,8 @@ from aggregator.consumer import ShardConsumer
 from aggregator.daemon import create_client, tune_gc
 from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
-from aggregator.settings import AggregatorSettings
+from aggregator.series_limits import build_limits
+from aggregator.settings import DEFAULT_MAX_SERIES_PER_METRIC, AggregatorSettings
 from producer.keys import Keys
 from producer.settings import ProducerSettings
 from producer.wire import decode_entry
@@ -153,6 +154,7 @@ async def apply_backlog(
     end_users: bool,
     config: MetricsConfig,
     apply_max_events: int = 5_000,
+    max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC,
 ) -> list[dict[str, float]]:
     """For each phase in turn: its calls through the real producer (untimed, the aggregator
     stopped), then the one aggregator (same engine, same consumer for every phase, so its caches
@@ -168,6 +170,8 @@ async def apply_backlog(
     client = create_client(settings)
     split = CpuSplit()
     consumer = ShardConsumer(client, settings, 0, split.timed("engine", engine.build_delta))
+    # Series caps as the daemon sets them (LSM_MAX_SERIES_PER_METRIC; 0: none).
+    consumer.applier.limits = build_limits(engine, max_series_per_metric)
     consumer_module.decode_entry = split.timed("decode", decode_entry)  # type: ignore[attr-defined]
     encode = ShardApplier._encode
     ShardApplier._encode = split.timed("encode", encode)  # type: ignore[method-assign]
@@ -366,6 +370,12 @@ def main() -> int:
     p.add_argument("--scenarios", default="realistic,worst", help="comma-separated (default realistic,worst)")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument(
+        "--max-series-per-metric",
+        type=int,
+        default=DEFAULT_MAX_SERIES_PER_METRIC,
+        help=f"series cap per metric as LSM_MAX_SERIES_PER_METRIC (default {DEFAULT_MAX_SERIES_PER_METRIC}; 0: none)",
+    )
+    p.add_argument(
         "--default-gc", action="store_true", help="keep Python's GC thresholds (the daemon tunes them: tune_gc)"
     )
     a = p.parse_args()
@@ -393,11 +403,22 @@ def main() -> int:
                 kwargs["litellm_params"]["user_api_key_end_user_id"] = f"end-user-{bench_id}-{i}"
         ns = f"lsmbench-agg-{bench_id}-{scenario}"
         try:
-            config = MetricsConfig.from_litellm_settings({})
+            # The aggregator reads the same opt-in as the producer (without it, end_user is "None").
+            config = MetricsConfig.from_litellm_settings(
+                {"enable_end_user_cost_tracking_prometheus_only": True} if worst else {}
+            )
             what = " then ".join(f"{name} ({len(c):,} calls)" for name, c in phases)
             print(f"[{scenario}] producing and applying with one aggregator: {what} ...", file=sys.stderr)
             results = asyncio.run(
-                apply_backlog(a.redis_url, ns, [c for _name, c in phases], worst, config, a.apply_max_events)
+                apply_backlog(
+                    a.redis_url,
+                    ns,
+                    [c for _name, c in phases],
+                    worst,
+                    config,
+                    a.apply_max_events,
+                    a.max_series_per_metric,
+                )
             )
         finally:
             _delete(sync, ns)

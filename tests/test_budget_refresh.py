@@ -263,6 +263,27 @@ async def test_database_and_events_write_the_same_series_and_the_newest_wins(
     assert len(redis_client.hgetall(Keys(namespace).metric(0, "g", engine.metric_key(KEY_MAX) or ""))) == 1
 
 
+async def test_long_aliases_are_cut_like_the_event_path_cuts_them(
+    db: LiteLLMDb, aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    key, alias = h("sk-long"), "team alias " + "x" * 5000
+    db.add_key(key, alias=alias, team_id="team-1", spend=7.0, max_budget=10.0)
+    db.add_team("team-1", alias=alias, spend=5.0, max_budget=50.0)
+    jobs = make_jobs(aclient, make_settings(redis_url, namespace, db.url))
+    engine = jobs.engine
+    event = success(hashed_api_key=key, api_key_alias=alias, team_alias=alias, user=None, org_id=None)
+    await apply_events(aclient, namespace, engine, [{**event, "t": time.time() - 60}], seq=1)
+    await refresh(jobs)
+    # One series per key and team: the refresh cut the alias exactly as the event did.
+    [(stored_key, cut)] = stored_gauge(redis_client, namespace, engine, KEY_REMAINING)
+    assert stored_key == key and len(cut) == 1024 and cut.startswith("team alias xxx") and "...#" in cut
+    assert stored_gauge(redis_client, namespace, engine, TEAM_REMAINING) == {("team-1", cut): 45.0}
+    # Counted where the event path counts (shard 0 stats): the event, then the key row or the team row.
+    stats = redis_client.hgetall(Keys(namespace).shard_stats(0))
+    assert int(stats[b"label_truncated:api_key_alias"]) == 2
+    assert int(stats[b"label_truncated:team_alias"]) == 2
+
+
 async def test_deleted_entities_and_unknown_budgets_disappear_from_every_shard(
     db: LiteLLMDb, aclient: aioredis.Redis, redis_client: redis.Redis, redis_url: str, namespace: str
 ) -> None:

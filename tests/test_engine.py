@@ -22,7 +22,7 @@ import pytest
 from litellm.types.integrations.prometheus import sanitize_prometheus_label_value
 
 from aggregator.apply import PendingEntry
-from aggregator.engine import Engine, sanitize
+from aggregator.engine import TRUNCATED_STAT, Engine, sanitize, truncate_label_value
 from aggregator.litellm_config import MetricsConfig
 from aggregator.snapshot import Family
 from aggregator.state import Delta, decode_series
@@ -195,7 +195,6 @@ SUCCESS_ROWS: list[tuple[str, str, dict[str, Any], dict[str, str], Expected]] = 
     ("total_tokens", "litellm_total_tokens_metric", {}, {}, 30.0),
     ("input_tokens", "litellm_input_tokens_metric", {}, {}, 10.0),
     ("output_tokens", "litellm_output_tokens_metric", {}, {}, 20.0),
-    ("end_user_opted_in", "litellm_requests_metric", {"end_user": "cust-1"}, {"end_user": "cust-1"}, 1.0),
     ("proxy_total", "litellm_proxy_total_requests_metric", {}, {}, 1.0),
     (
         "proxy_total_after_fallback",
@@ -769,10 +768,13 @@ HOSTILE = [
 def test_hostile_label_values_are_sanitised_like_litellm(value: str) -> None:
     expected = sanitize_prometheus_label_value(value)
     assert sanitize(value) == expected
+    # Then cut to LSM_MAX_LABEL_VALUE_LENGTH (the 10,000-character value; below).
+    expected = truncate_label_value(expected, ENGINE.max_label_value_length)
     delta = apply(success(api_key_alias=value, team=value, user_agent=value, custom_labels={"metadata_x": value}))
     [(labels, _v)] = touched(delta, "litellm_requests_metric")
     assert labels["api_key_alias"] == labels["team"] == labels["user_agent"] == expected
-    assert len(labels["team"]) >= len(value) - value.count("\r") - value.count("\u2028") - value.count("\u2029")
+    if len(value) < 1000:
+        assert len(labels["team"]) >= len(value) - value.count("\r") - value.count("\u2028") - value.count("\u2029")
     # The budget gauges sanitise too (an empty team has no budget gauges, as in LiteLLM).
     budget_series = touched(delta, "litellm_remaining_team_budget_metric")
     assert [labels for labels, _v in budget_series] == ([{"team": expected, "team_alias": "Team One"}] if value else [])
@@ -796,6 +798,165 @@ def test_custom_and_tag_labels_are_sanitised() -> None:
     [series] = [s for (k, s) in delta.gauges if k == mkey]
     labels = dict(zip(engine.label_names("litellm_remaining_team_budget_metric"), decode_series(series), strict=True))
     assert labels == {"team": "team-1", "team_alias": "Team One", "metadata_tenant": "None", "tag_prod": "false"}
+
+
+# --------------------------------------------------------------------------------------------
+# Long label values: cut to LSM_MAX_LABEL_VALUE_LENGTH (UTF-8 bytes), on every path that makes a
+# series, deterministically, without merging distinct values, and counted per event and label.
+
+LIMIT = ENGINE.max_label_value_length
+MIB = "A" * (1 << 20)
+
+
+def series_values(delta: Delta) -> list[str]:
+    """Every label value of every series the delta touches."""
+    keys = [*delta.counters, *delta.histograms, *delta.gauges]
+    return [v for _mkey, series in keys for v in decode_series(series) if isinstance(v, str)]
+
+
+def test_truncate_label_value() -> None:
+    assert truncate_label_value("short", 64) == "short"
+    exact = "x" * 64
+    assert truncate_label_value(exact, 64) == exact
+    cut = truncate_label_value("x" * 65, 64)
+    assert len(cut) == 64 and cut.startswith("x" * 44 + "...#")
+    assert cut == truncate_label_value("x" * 65, 64)  # deterministic
+    assert cut[-16:] == hashlib.sha256(b"x" * 65).hexdigest()[:16]
+    # Two long values with the same beginning stay apart.
+    assert truncate_label_value("x" * 100 + "a", 64) != truncate_label_value("x" * 100 + "b", 64)
+    # Bytes, not characters, and never half a character.
+    wide = "✓" * 30  # 90 bytes in 30 characters
+    cut = truncate_label_value(wide, 64)
+    assert len(cut.encode()) <= 64 and cut.startswith("✓" * 14 + "...#")
+    assert truncate_label_value("✓" * 21, 64) == "✓" * 21  # 63 bytes: fits
+    assert truncate_label_value("a\udc80" * 40, 64).isprintable()  # a lone surrogate is dropped, no error
+
+
+def test_long_values_are_cut_on_every_path_that_makes_a_series() -> None:
+    events = [
+        success(user_agent=MIB, api_key_alias=MIB, custom_labels={"metadata_x": MIB}),
+        failure(api_key_alias=MIB, deployment={**failure()["deployment"], "user_agent": MIB}),
+        {**POST_CALL, "route": MIB, "user_agent": MIB},
+        {"kind": wire.FALLBACK_FAILURE, **FALLBACK, "fallback_model": MIB},
+        {"kind": wire.DEPLOYMENT_STATE, "t": T, "state": 2, "litellm_model_name": MIB, "model_id": "d"},
+        {"kind": wire.DEPLOYMENT_COOLED_DOWN, "t": T, "litellm_model_name": MIB, "model_id": "d"},
+        {"kind": wire.PROVIDER_BUDGET, "t": T, "api_provider": MIB, "spend": 1.0, "budget_limit": 5.0},
+        {"kind": wire.CALLBACK_FAILURE, "t": T, "callback_name": MIB},
+        {"kind": wire.GUARDRAIL, "t": T, "guardrail_name": MIB, "status": "error", "error_type": MIB,
+         "hook_type": "pre_call", "latency_seconds": 0.1},
+        {"kind": wire.TEAM_MEMBERS, "t": T, "team": MIB, "members": 3},
+        {"kind": wire.SPEND_CAPTURE_RATE, "t": T, "api_provider": MIB, "capture_rate": 0.5},
+        {"kind": wire.MANAGED_FILE_CREATED, "t": T, "model": MIB},
+        {"kind": wire.MANAGED_FILE_DELETED, "t": T, "result": MIB},
+        {"kind": wire.MANAGED_FILE_SIZE, "t": T, "purpose": MIB, "size_bytes": 10},
+        {"kind": wire.MANAGED_BATCH_DURATION, "t": T, "model": MIB, "duration_seconds": 60},
+        {"kind": wire.CHECK_BATCH_COST_RUN, "t": T, "jobs_polled": 1, "processed": [[MIB, "openai"]]},
+        {"kind": wire.CHECK_BATCH_COST_ERROR, "t": T, "error_type": MIB},
+    ]  # fmt: skip
+    for event in events:
+        delta = Delta()
+        assert ENGINE.add_event(delta, event), event["kind"]
+        values = series_values(delta)
+        assert values, event["kind"]
+        assert max(len(v.encode()) for v in values) <= LIMIT, event["kind"]
+        assert any(v.startswith("AAAA") and "...#" in v for v in values), event["kind"]
+        assert [k for k in delta.stats if k.startswith(TRUNCATED_STAT)], event["kind"]
+
+
+def test_a_long_value_is_one_series_and_two_long_values_are_two() -> None:
+    a, b = MIB + "a", MIB + "b"
+    delta = apply(success(user_agent=a), success(user_agent=a), success(user_agent=b))
+    agents = sorted(labels["user_agent"] for labels, _v in touched(delta, "litellm_requests_metric"))
+    assert len(agents) == 2 and agents[0] != agents[1]
+    assert {amount for _labels, amount in touched(delta, "litellm_requests_metric")} == {2.0, 1.0}
+    # The same series in any other process (a fresh engine: nothing cached).
+    again = Engine(MetricsConfig.from_litellm_settings({})).build_delta(
+        [PendingEntry("1-0", "p", 1, [success(user_agent=a)])]
+    )
+    [(labels, _v)] = touched(again, "litellm_requests_metric")
+    assert labels["user_agent"] in agents
+
+
+def test_truncations_are_counted_per_event_and_label() -> None:
+    delta = apply(
+        success(user_agent=MIB, api_key_alias=MIB),
+        success(user_agent=MIB, api_key_alias=MIB),  # the cached plan counts too
+        success(),
+        failure(api_key_alias=MIB),
+    )
+    truncated = {k: v for k, v in delta.stats.items() if k.startswith(TRUNCATED_STAT)}
+    assert truncated == {f"{TRUNCATED_STAT}user_agent": 2, f"{TRUNCATED_STAT}api_key_alias": 3}
+
+
+def test_the_limit_is_configurable() -> None:
+    engine = Engine(MetricsConfig.from_litellm_settings({}), max_label_value_length=64)
+    delta = _delta_of(engine, success(user_agent="u" * 65, api_key_alias="k" * 64))
+    [(labels, _v)] = touched(delta, "litellm_requests_metric")
+    assert labels["api_key_alias"] == "k" * 64
+    assert len(labels["user_agent"]) == 64 and labels["user_agent"].endswith(hashlib.sha256(b"u" * 65).hexdigest()[:16])
+    with pytest.raises(ValueError, match="max_label_value_length"):
+        Engine(MetricsConfig.from_litellm_settings({}), max_label_value_length=20)
+
+
+def test_the_caches_keep_no_long_value() -> None:
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+    for i in range(50):
+        _delta_of(
+            engine, success(user_agent=f"{i}" + "u" * 100_000, custom_labels={"metadata_x": f"{i}" + "c" * 100_000})
+        )
+
+    def longest(obj: object) -> int:
+        if isinstance(obj, str):
+            return len(obj.encode())
+        if isinstance(obj, tuple):
+            return max((longest(x) for x in obj), default=0)
+        return 0
+
+    assert len(engine._plans) == 50
+    assert max(longest(k) for k in engine._plans) <= LIMIT
+    assert max(longest(k) for k in engine._series_cache) <= LIMIT
+    assert max(len(s.encode()) for s in engine._series_cache.values()) <= 40 * LIMIT
+
+
+# --------------------------------------------------------------------------------------------
+# end_user: a real id only with LiteLLM's opt-in (enable_end_user_cost_tracking_prometheus_only),
+# read from the aggregator's own configuration, whatever the event carries.
+
+OPTED_IN = Engine(MetricsConfig.from_litellm_settings({"enable_end_user_cost_tracking_prometheus_only": True}))
+
+
+def end_users(engine: Engine, delta: Delta) -> set[str | None]:
+    """The end_user values of every series the delta touches."""
+    found: set[str | None] = set()
+    for mdef in engine.config.metrics():
+        if "end_user" not in mdef.labels:
+            continue
+        mkey = engine.metric_key(mdef.name)
+        at = engine.label_names(mdef.name).index("end_user")
+        for k, series in [*delta.counters, *delta.histograms, *delta.gauges]:
+            if k == mkey:
+                found.add(decode_series(series)[at])
+    return found
+
+
+@pytest.mark.parametrize("opted_in", [False, True])
+def test_end_user_label_needs_the_opt_in(opted_in: bool) -> None:
+    engine = OPTED_IN if opted_in else Engine(MetricsConfig.from_litellm_settings({}))
+    events = [
+        success(end_user="cust-1", mcp_tool="search", mcp_server="srv"),
+        failure(end_user="cust-1"),
+        {**POST_CALL, "end_user": "cust-1"},
+    ]
+    for event in events:
+        delta = _delta_of(engine, event)
+        assert end_users(engine, delta) == ({"cust-1"} if opted_in else {"None"}), event["kind"]
+
+
+def test_without_the_opt_in_end_users_share_one_plan() -> None:
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+    delta = _delta_of(engine, *(success(end_user=f"cust-{i}") for i in range(1000)))
+    assert len(touched(delta, "litellm_requests_metric")) == 1
+    assert len(engine._plans) == 1  # the end user is not part of the identity either
 
 
 @pytest.mark.parametrize(("value", "rendered"), [(None, "None"), (5, "5"), (1.5, "1.5"), (True, "True"), ("sk", "sk")])

@@ -589,6 +589,34 @@ def test_read_paths_hscan_and_batched_pipelines(
     scanned = ex.render_state(state, "text", now=NOW)
     assert sorted(scanned.splitlines()) == sorted(expected.splitlines())
     assert scanned == generate_latest(reference(model, scanned))
+    # Rendering batch by batch while reading (what a scrape does) gives the same lines.
+    chunked = ex.render("text", now=NOW)
+    assert sorted(chunked.splitlines()) == sorted(expected.splitlines())
+
+
+def test_max_fields_leaves_the_largest_families_out_whole(redis_client: redis.Redis, namespace: str) -> None:
+    rng = random.Random(12)
+    keys = Keys(namespace)
+    model = random_model(rng, per_metric=3)
+    big = "litellm_total_tokens_metric"
+    n = len(ENGINE.label_names(big))
+    model.counters[big] = {(f"s{i}",) * n: float(i) for i in range(3000)}
+    write_model(redis_client, keys, model, rng)
+    ex = Exposition(redis_client, keys, ENGINE)
+    full = ex.render("text", now=NOW)
+    assert ex.omitted == {}
+    fields = ex.read().fields
+    limited = ex.render("text", now=NOW, max_fields=fields - 1)
+    assert ex.omitted == {big: 3000}  # only the largest, whole
+    sample = f"{big}_total".encode()
+    of_big = (b"# HELP " + sample + b" ", b"# TYPE " + sample + b" ", sample + b"{", sample + b" ")
+    assert limited.splitlines() == [line for line in full.splitlines() if not line.startswith(of_big)]
+    assert "litellm_total_tokens_metric" not in ex.series_counts
+    # Nothing fits: every family with a stored field is left out; the body stays valid.
+    nothing = ex.render("text", now=NOW, max_fields=0)
+    assert b"litellm_requests_metric_total{" not in nothing and len(ex.omitted) > 1
+    assert parsed_samples(text_parse(nothing.decode())) <= parsed_samples(text_parse(full.decode()))
+    assert ex.render("text", now=NOW) == full and ex.omitted == {}
 
 
 def test_label_cache_is_bounded_and_follows_changes(redis_client: redis.Redis, namespace: str) -> None:

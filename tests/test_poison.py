@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from aggregator.apply import PendingEntry
 from aggregator.consumer import ShardConsumer
 from aggregator.daemon import Aggregator
+from aggregator.engine import truncate_label_value
 from aggregator.housekeeping import Housekeeper
 from aggregator.local_server import LocalServer
 from aggregator.settings import AggregatorSettings
@@ -35,14 +36,14 @@ _I = {name: i for i, name in enumerate(SUCCESS_FIELDS)}
 
 # Label values a hostile or merely odd client can put in metadata, and how LiteLLM renders them
 # (sanitize_prometheus_label_value: newlines become spaces, CR/U+2028/U+2029 vanish, then
-# backslashes and double quotes are escaped).
+# backslashes and double quotes are escaped), then cut to 1024 bytes (docs/compatibility.md, 10).
 HOSTILE = [
     ('quote"d', 'quote\\"d'),
     ("back\\slash", "back\\\\slash"),
     ("new\nline\r\n", "new line "),
     ("line\u2028sep\u2029para", "lineseppara"),
     ('all"of\\them\n\u2028', 'all\\"of\\\\them '),
-    ("x" * 10_000, "x" * 10_000),
+    ("x" * 10_000, truncate_label_value("x" * 10_000, 1024)),  # cut to LSM_MAX_LABEL_VALUE_LENGTH
     ("\u00e9\u4e2d\U0001f600", "\u00e9\u4e2d\U0001f600"),
     ("}{[]\x00\x1f", "}{[]\x00\x1f"),
 ]

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from aggregator.apply import PendingEntry, ShardApplier
 from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
-from aggregator.series_limits import MetricLimits, build_limits, retire_idle
+from aggregator.series_limits import Limit, MetricLimits, build_limits, retire_idle
 from aggregator.state import SEP, Delta, decode_series, encode_series
 from producer.keys import Keys
 from producer.wire import decode_entry, encode_entry, encode_event
@@ -40,7 +40,7 @@ class Harness:
         self.keys = Keys(namespace)
         self.client = client
         self.aclient = aclient
-        self.limits: dict[str, MetricLimits] = build_limits(engine)
+        self.limits: dict[str, MetricLimits] = build_limits(engine, 0)
         self.applier = ShardApplier(aclient, self.keys, 0, GROUP, "c1")
         self.applier.limits = self.limits
         self.seq = 0
@@ -184,3 +184,62 @@ async def test_no_limits_configured_writes_no_index(
     mkey = h.mkey(COUNTER)
     await h.apply(lambda d: d.inc(mkey, series(e, COUNTER, team="a"), 1.0))
     assert not redis_client.exists(h.keys.metric(0, "ix", mkey))
+
+
+# -- default caps (LSM_MAX_SERIES_PER_METRIC) -----------------------------------------------------
+
+
+def test_metrics_with_client_chosen_labels_have_the_default_cap() -> None:
+    e = engine_with()
+    limits = build_limits(e, 20_000)
+    client_chosen = {"user_agent", "client_ip", "route", "mcp_tool_name", "mcp_server_name"}
+    expected = {m.name for m in e.config.metrics() if client_chosen & set(m.labels)}
+    assert {ml.name for ml in limits.values()} == expected
+    assert {COUNTER, "litellm_proxy_total_requests_metric", "litellm_mcp_tool_calls_total"} <= expected
+    assert "litellm_total_tokens_metric" not in expected and HISTOGRAM not in expected
+    assert {(ml.general, ml.end_user) for ml in limits.values()} == {(Limit("ix", 20_000, None), None)}
+    assert build_limits(e, 0) == {}  # 0: no default cap (LiteLLM's behaviour)
+    # Custom metadata labels come from the request's metadata: their metrics are capped too.
+    custom = engine_with(custom_prometheus_metadata_labels=["metadata.tenant"])
+    capped = {ml.name for ml in build_limits(custom, 20_000).values()}
+    assert {"litellm_total_tokens_metric", HISTOGRAM} <= capped
+
+
+def test_a_configured_cap_is_kept_and_applies_to_every_metric() -> None:
+    def limits(**settings: Any) -> dict[str, tuple[Limit | None, Limit | None]]:
+        return {ml.name: (ml.general, ml.end_user) for ml in build_limits(engine_with(**settings), 20_000).values()}
+
+    # A configured cap wins, bigger or smaller than the default, with its TTL, on every metric.
+    for cap in (500, 90_000):
+        got = limits(prometheus_metrics_max_series_per_metric=cap, prometheus_metrics_ttl_seconds=60)
+        assert got[COUNTER] == got[HISTOGRAM] == (Limit("ix", cap, 60.0), None)
+    # A TTL alone: the default cap where it applies, the TTL everywhere.
+    got = limits(prometheus_metrics_ttl_seconds=60)
+    assert got[COUNTER] == (Limit("ix", 20_000, 60.0), None) and got[HISTOGRAM] == (Limit("ix", 0, 60.0), None)
+    # A cap LiteLLM ignores (not a whole number > 0) is no cap: the default applies.
+    assert limits(prometheus_metrics_max_series_per_metric=0)[COUNTER] == (Limit("ix", 20_000, None), None)
+    # With end-user tracking, series with an end user keep LiteLLM's end-user cap and TTL...
+    got = limits(enable_end_user_cost_tracking_prometheus_only=True)
+    assert got[COUNTER] == (Limit("ix", 20_000, None), Limit("ixe", 10_000, 3600.0))
+    assert got[HISTOGRAM] == (None, Limit("ixe", 10_000, 3600.0))
+    # ...and without it (switched off) the end user is a client-chosen label like the others.
+    got = limits(
+        enable_end_user_cost_tracking_prometheus_only=True,
+        prometheus_end_user_metrics_max_series_per_metric=0,
+        prometheus_end_user_metrics_ttl_seconds=None,
+    )
+    assert got[HISTOGRAM] == (Limit("ix", 20_000, None), None)
+
+
+async def test_the_default_cap_folds_new_series_into_the_overflow_series(
+    aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
+) -> None:
+    e = engine_with()
+    h = Harness(e, aclient, redis_client, namespace)
+    h.limits = h.applier.limits = build_limits(e, 3)
+    mkey = h.mkey(COUNTER)
+    for i in range(1, 8):
+        await h.apply(lambda d, i=i: d.inc(mkey, series(e, COUNTER, user_agent=f"scanner/{i}"), 1.0))
+    got = h.counters(COUNTER)
+    assert len(got) == 4 and got[other(e, COUNTER)] == 4.0 and sum(got.values()) == 7.0
+    assert h.stats()[f"series_overflow:{COUNTER}"] == 4

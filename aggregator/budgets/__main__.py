@@ -31,7 +31,7 @@ def _jobs(settings: AggregatorSettings, registry: CollectorRegistry) -> BudgetJo
         config = MetricsConfig.from_config_file(settings.litellm_config)
     else:
         config = MetricsConfig.from_litellm_settings({})
-    return BudgetJobs(settings, Engine(config), registry)
+    return BudgetJobs(settings, Engine(config, settings.max_label_value_length), registry)
 
 
 async def _run(settings: AggregatorSettings, metrics_port: int | None) -> None:

@@ -88,6 +88,14 @@ class GaugeBuilder:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: Rows whose value of a label had to be truncated (LSM_MAX_LABEL_VALUE_LENGTH), by label
+        #: name, since ``take_truncated`` was last called.
+        self.truncated: dict[str, int] = {}
+
+    def take_truncated(self) -> dict[str, int]:
+        """The truncation counts gathered so far (and start counting afresh)."""
+        counts, self.truncated = self.truncated, {}
+        return counts
 
     def metric_keys(self, kind: str) -> list[str]:
         """Metric keys of the enabled gauges a refresh of ``kind`` owns (and sweeps)."""
@@ -105,13 +113,16 @@ class GaugeBuilder:
     def counts_enabled(self) -> bool:
         return any(self.engine.metric_key(n) is not None for n in COUNT_METRICS)
 
-    def _series(self, name: str, labels: Mapping[str, str]) -> tuple[str, str] | None:
+    def _series(
+        self, name: str, labels: Mapping[str, str], truncated: set[str] | None = None
+    ) -> tuple[str, str] | None:
         mkey = self.engine.metric_key(name)
         if mkey is None:
             return None
         # The engine's own rule (label order, defaults "None"/"false" for the custom metadata and
-        # tag labels LiteLLM adds to budget gauges), so both paths write the same field.
-        series = self.engine._series(name, labels)
+        # tag labels LiteLLM adds to budget gauges, long values truncated), so both paths write
+        # the same field.
+        series = self.engine._series(name, labels, truncated)
         return None if series is None else (mkey, series)
 
     def row_ops(self, kind: str, rows: Iterable[BudgetRow]) -> list[Op]:
@@ -128,10 +139,13 @@ class GaugeBuilder:
             ]
             if km.members is not None and row.members is not None:
                 values.append((km.members, float(row.members)))
+            truncated: set[str] = set()
             for name, value in values:
-                target = self._series(name, labels)
+                target = self._series(name, labels, truncated)
                 if target is not None:
                     ops.append((target[0], target[1], None if value is None else format_number(value)))
+            for label in truncated:
+                self.truncated[label] = self.truncated.get(label, 0) + 1
         return ops
 
     def count_ops(self, counts: Counts) -> list[Op]:

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from aggregator.budgets.gauges import GaugeBuilder
 from aggregator.budgets.model import KINDS, BudgetSource, IncompleteListing, SourceError
 from aggregator.budgets.writer import Fenced, FencedWriter, WriteStats
-from aggregator.engine import Engine
+from aggregator.engine import TRUNCATED_STAT, Engine
 from aggregator.lease import Lease, LeaseLost
 from aggregator.settings import AggregatorSettings
 from producer.keys import Keys
@@ -409,6 +409,16 @@ class BudgetJobs:
         assert self.client is not None
         return self.client
 
+    async def _count_truncations(self) -> None:
+        """Rows with a label value longer than LSM_MAX_LABEL_VALUE_LENGTH, counted where the
+        event path counts its own (shard 0's stats: ``lsm_label_values_truncated_total``)."""
+        truncated = self.builder.take_truncated()
+        if truncated:
+            pipe = self._client().pipeline(transaction=False)
+            for label, n in truncated.items():
+                pipe.hincrby(self.keys.shard_stats(0), TRUNCATED_STAT + label, n)
+            await pipe.execute()
+
     async def _refresh_kind(
         self,
         kind: str,
@@ -426,6 +436,7 @@ class BudgetJobs:
                 since = page.read_at if since is None else since
                 stats = await writer.write(lease, kind, page.read_at, self.builder.row_ops(kind, page.rows))
                 report.writes.add(stats)
+                await self._count_truncations()
                 rows += len(page.rows)
                 self.metrics.rows.labels(kind).inc(len(page.rows))
                 if stats.removed:
