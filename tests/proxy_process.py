@@ -1,7 +1,15 @@
 """A real LiteLLM proxy process (``litellm --config ...``) for integration tests.
 
 The proxy runs in its own process group with the producer importable (``PYTHONPATH``) and
-the given ``LSM_*`` settings; ``start_proxy`` returns once ``/health/liveliness`` answers.
+the given ``LSM_*`` settings; ``start_proxy`` returns once ``/health/liveliness`` answers and
+every worker has finished its startup.
+
+Why wait for every worker: under ``--run_gunicorn`` LiteLLM's master forks the workers while
+one of its own threads may hold an import lock, and a worker forked at that moment hangs forever
+in its startup (tests/gunicorn_fork_guard/sitecustomize.py, put on such a proxy's PYTHONPATH,
+closes that window). The other worker would serve every request while gunicorn kills the hung
+one with SIGKILL at stop, so its producer never closes: a test must not start from there. A
+start where a worker does not finish its startup is retried once, then fails with the log.
 """
 
 from __future__ import annotations
@@ -21,6 +29,11 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 90.0
+# How long every worker may take to finish its startup once the first one answers.
+WORKERS_STARTUP_TIMEOUT = 45.0
+START_ATTEMPTS = 2
+GUNICORN_FORK_GUARD = Path(__file__).resolve().parent / "gunicorn_fork_guard"
+STARTUP_COMPLETE = "Application startup complete"
 
 
 def free_port() -> int:
@@ -77,7 +90,7 @@ def start_proxy(
     cli: str | None = None,
     project_on_path: bool = True,
 ) -> ProxyProcess:
-    """Start ``litellm --config`` with ``config`` (YAML text) and wait until it answers.
+    """Start ``litellm --config`` with ``config`` (YAML text) and wait until every worker is up.
 
     ``cli``: another ``litellm`` command (that of another virtual environment); with
     ``project_on_path=False`` the repository is not put on ``PYTHONPATH``, so the proxy imports
@@ -86,6 +99,46 @@ def start_proxy(
     cli = cli or litellm_cli()
     if cli is None:
         pytest.skip("the litellm CLI is not installed")
+    for attempt in range(1, START_ATTEMPTS + 1):
+        attempt_dir = workdir if attempt == 1 else workdir / f"restart-{attempt}"
+        proxy = _start_once(cli, config, attempt_dir, env, args, project_on_path)
+        if _wait_for_every_worker(proxy, _workers(args)):
+            return proxy
+        proxy.stop()
+        if attempt == START_ATTEMPTS:
+            pytest.fail(
+                f"a proxy worker did not finish its startup in {START_ATTEMPTS} starts "
+                f"(LiteLLM's forked worker hang, see tests/proxy_process.py):\n{proxy.log_tail()}"
+            )
+    raise AssertionError("unreachable")
+
+
+def _workers(args: tuple[str, ...]) -> int:
+    if "--num_workers" in args:
+        return int(args[args.index("--num_workers") + 1])
+    return 1
+
+
+def _wait_for_every_worker(proxy: ProxyProcess, workers: int) -> bool:
+    deadline = time.monotonic() + WORKERS_STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            if proxy.log_path.read_text(errors="replace").count(STARTUP_COMPLETE) >= workers:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.25)
+    return False
+
+
+def _start_once(
+    cli: str,
+    config: str,
+    workdir: Path,
+    env: dict[str, str],
+    args: tuple[str, ...],
+    project_on_path: bool,
+) -> ProxyProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(config)
@@ -97,6 +150,8 @@ def start_proxy(
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), full_env.get("PYTHONPATH")) if p)
     else:
         full_env.pop("PYTHONPATH", None)
+    if "--run_gunicorn" in args:
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUNICORN_FORK_GUARD), full_env.get("PYTHONPATH")) if p)
     full_env.update(env)
     log_path = workdir / "proxy.log"
     with open(log_path, "ab") as log:
