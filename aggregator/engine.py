@@ -565,9 +565,9 @@ class Engine:
         except InvalidEvent as exc:
             delta.count(f"events_rejected_{exc.reason}")
             return False
-        except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
-            delta.count("events_rejected_malformed")
-            return False
+        # Any other exception is a bug of the engine (an input it should have validated, or a
+        # slip), not a malformed event: it propagates, the consumer dead-letters the entry as
+        # ``engine_error`` (replayable once fixed) and counts it (``lsm_engine_errors_total``).
         delta.count("events_applied_" + str(kind))
         return True
 
@@ -1217,6 +1217,8 @@ class Engine:
         self._set(ops, "litellm_check_batch_cost_last_run_timestamp", {}, t, t)
         self._set(ops, "litellm_check_batch_cost_jobs_polled", {}, number(ev.get("jobs_polled"), "count"), t)
         for pair in ev.get("processed") or []:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise InvalidEvent("malformed")
             model, provider = pair
             self._inc(
                 ops,

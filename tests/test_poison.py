@@ -415,7 +415,9 @@ async def test_an_engine_exception_costs_its_entry_not_the_batch(private_server:
         await consumer.client.aclose()
     assert client.hget(s.keys.metric(0, "c", "events:0"), '["all"]') == b"58"
     dead = [(f[b"dead_reason"], f[b"dead_detail"]) for _, f in client.xrange(s.keys.dead_letters(0))]
-    assert dead == [(b"engine_error", b"ZeroDivisionError: engine bug")]
+    # The detail names the event that raised (the second of the entry) for the bug report.
+    assert dead == [(b"engine_error", b"ZeroDivisionError: engine bug, event 1 (kind 'x')")]
+    assert consumer.counters.engine_errors == 1  # lsm_engine_errors_total
     assert consumer.counters.errors == 0
     client.close()
 
