@@ -51,7 +51,6 @@ from aggregator.gc_pause import GC_PAUSE, paused_gc
 from aggregator.housekeeping import Housekeeper
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
-from producer.keys import Keys
 from producer.wire import F_DATA, F_PRODUCER, F_SEQ, WireError, decode_entry
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
@@ -110,7 +109,7 @@ class ShardConsumer:
         self.schemas = dict(schemas or {})
         self.settings = settings
         self.shard = shard
-        self.keys = Keys(settings.namespace, settings.shards)
+        self.keys = settings.keys
         self.stream = self.keys.stream(shard)
         self.group = settings.group
         self.consumer = settings.consumer_name

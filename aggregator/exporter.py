@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import redis
 from prometheus_client import CollectorRegistry
 
+from aggregator.connections import open_sync
 from aggregator.consumer import ShardConsumer
 from aggregator.engine import Engine
 from aggregator.exposition import EOF, Exposition, choose_format, render_registry
@@ -24,7 +25,6 @@ from aggregator.leadership import Leadership
 from aggregator.selfexport import ProcessCollector, RenderStats, SharedCollector
 from aggregator.settings import AggregatorSettings
 from aggregator.textformat import Format
-from producer.keys import Keys
 from producer.urls import passwords_in, safe_url
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
@@ -41,11 +41,9 @@ class Exporter:
         leadership: Leadership,
     ) -> None:
         self.settings = settings
-        self.keys = Keys(settings.namespace, settings.shards)
+        self.keys = settings.keys
         # Its own synchronous client: the HTTP threads never touch the event loop's client.
-        self.client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.connect_timeout
-        )
+        self.client = open_sync(settings)
         self.exposition = Exposition(self.client, self.keys, engine)
         self.leadership = leadership
         self.consumers = consumers

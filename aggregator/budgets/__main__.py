@@ -20,6 +20,7 @@ import sys
 from prometheus_client import CollectorRegistry, start_http_server
 
 from aggregator.budgets.jobs import BudgetJobs
+from aggregator.connections import open_async
 from aggregator.engine import Engine
 from aggregator.litellm_config import ConfigError, MetricsConfig
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
@@ -56,9 +57,7 @@ async def _once(settings: AggregatorSettings) -> int:
     jobs = _jobs(settings, CollectorRegistry())
     if not jobs.enabled:
         raise AggregatorConfigError("no budget source configured: set LSM_DATABASE_URL (or DATABASE_URL) or the API")
-    import redis.asyncio as aioredis
-
-    jobs.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout)
+    jobs.client = open_async(settings)
     try:
         report = await jobs.tick()
     finally:

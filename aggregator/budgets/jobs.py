@@ -40,10 +40,10 @@ from redis.exceptions import RedisError
 from aggregator.budgets.gauges import GaugeBuilder
 from aggregator.budgets.model import KINDS, BudgetSource, IncompleteListing, SourceError
 from aggregator.budgets.writer import Fenced, FencedWriter, WriteStats
+from aggregator.connections import open_async
 from aggregator.engine import TRUNCATED_STAT, Engine
 from aggregator.lease import Lease, LeaseLost
 from aggregator.settings import AggregatorSettings
-from producer.keys import Keys
 
 log = logging.getLogger("litellm_stream_metrics.budgets")
 
@@ -171,7 +171,7 @@ class BudgetJobs:
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.keys = Keys(settings.namespace, settings.shards)
+        self.keys = settings.keys
         self.owner = f"{settings.consumer_name}:{os.getpid()}"
         self.registry = registry
         self.metrics = BudgetMetrics(registry)
@@ -215,12 +215,7 @@ class BudgetJobs:
             log.info("budget refresh: no source configured (budget_source=%s)", self.settings.budget_source)
             return
         if self.client is None:
-            self.client = aioredis.Redis.from_url(
-                self.settings.redis_url,
-                socket_timeout=self.settings.socket_timeout,
-                socket_connect_timeout=self.settings.connect_timeout,
-                health_check_interval=30,
-            )
+            self.client = open_async(self.settings)
         self.scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         self.scheduler.add_job(
             self.tick,
