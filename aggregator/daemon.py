@@ -42,26 +42,24 @@ class Aggregator:
         self.settings = settings
         self.config = config or load_metrics_config(settings)
         self.engine = Engine(self.config, settings.max_label_value_length)
+        #: What every reader of the state shares with the engine (no reader needs the engine).
+        self.schema = schema = self.engine.schema
         self.client = open_async(settings, idempotent=True)
-        schemas = {
-            mkey: self.engine.label_names(m.name)
-            for m in self.config.metrics()
-            if (mkey := self.engine.metric_key(m.name)) is not None
-        }
+        schemas = {mkey: schema.labels[name] for name, mkey in schema.keys.items()}
         self.consumers = [
             ShardConsumer(self.client, settings, shard, self.engine.build_delta, schemas)
             for shard in range(settings.shards)
         ]
-        limits = build_limits(self.engine, settings.max_series_per_metric)
-        gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := self.engine.metric_key(m.name))]
+        limits = build_limits(schema, settings.max_series_per_metric)
+        gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := schema.metric_key(m.name))]
         for c in self.consumers:
             c.applier.limits = limits
             c.housekeeper.limits = limits
             c.housekeeper.gauge_keys = gauge_keys
         self.stop = asyncio.Event()
         self.leadership = Leadership(self.client, settings.keys, settings.consumer_name, settings.leader_lease_seconds)
-        self.exporter = Exporter(settings, self.engine, self.consumers, self.leadership)
-        self.budgets = BudgetJobs(settings, self.engine, self.exporter.registry)
+        self.exporter = Exporter(settings, schema, self.consumers, self.leadership)
+        self.budgets = BudgetJobs(settings, schema, self.exporter.registry)
         # Bound now, so a taken port or missing credentials fail at start, not later.
         self.server = MetricsServer(settings, self.exporter) if serve_http else None
 

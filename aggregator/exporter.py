@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.connections import open_sync
 from aggregator.consumer import ShardConsumer
-from aggregator.engine import Engine
 from aggregator.exposition import EOF, Exposition, choose_format, render_registry
 from aggregator.http_server import RenderCache
 from aggregator.leadership import Leadership
+from aggregator.schema import MetricSchema
 from aggregator.selfexport import ProcessCollector, RenderStats, SharedCollector
 from aggregator.settings import AggregatorSettings
 from aggregator.textformat import Format
@@ -36,7 +36,7 @@ class Exporter:
     def __init__(
         self,
         settings: AggregatorSettings,
-        engine: Engine,
+        schema: MetricSchema,
         consumers: Sequence[ShardConsumer],
         leadership: Leadership,
     ) -> None:
@@ -44,7 +44,7 @@ class Exporter:
         self.keys = settings.keys
         # Its own synchronous client: the HTTP threads never touch the event loop's client.
         self.client = open_sync(settings)
-        self.exposition = Exposition(self.client, self.keys, engine)
+        self.exposition = Exposition(self.client, self.keys, schema)
         self.leadership = leadership
         self.consumers = consumers
         self.render_stats = RenderStats()

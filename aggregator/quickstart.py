@@ -37,7 +37,7 @@ def say(msg: str) -> None:
 
 
 def _totals(client: redis.Redis, agg: Aggregator) -> tuple[float, float, float]:
-    fams = read_families(client, agg.settings.keys, agg.engine)
+    fams = read_families(client, agg.settings.keys, agg.schema)
 
     def total(name: str) -> float:
         fam = fams.get(name)

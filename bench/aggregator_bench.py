@@ -172,7 +172,7 @@ async def apply_backlog(
     split = CpuSplit()
     consumer = ShardConsumer(client, settings, 0, split.timed("engine", engine.build_delta))
     # Series caps as the daemon sets them (LSM_MAX_SERIES_PER_METRIC; 0: none).
-    consumer.applier.limits = build_limits(engine, max_series_per_metric)
+    consumer.applier.limits = build_limits(engine.schema, max_series_per_metric)
     consumer_module.decode_entry = split.timed("decode", decode_entry)  # type: ignore[attr-defined]
     encode = ShardApplier._encode
     ShardApplier._encode = split.timed("encode", encode)  # type: ignore[method-assign]

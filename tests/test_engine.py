@@ -22,8 +22,9 @@ import pytest
 from litellm.types.integrations.prometheus import sanitize_prometheus_label_value
 
 from aggregator.apply import PendingEntry
-from aggregator.engine import TRUNCATED_STAT, Engine, sanitize, truncate_label_value
+from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
+from aggregator.schema import TRUNCATED_STAT, sanitize, truncate_label_value
 from aggregator.snapshot import Family
 from aggregator.state import Delta, decode_series
 from producer import wire

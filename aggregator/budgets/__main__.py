@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from aggregator.budgets.jobs import BudgetJobs
 from aggregator.connections import open_async
-from aggregator.engine import Engine
 from aggregator.litellm_config import ConfigError, MetricsConfig
+from aggregator.schema import MetricSchema
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
 from producer.urls import safe_url
 
@@ -32,7 +32,7 @@ def _jobs(settings: AggregatorSettings, registry: CollectorRegistry) -> BudgetJo
         config = MetricsConfig.from_config_file(settings.litellm_config)
     else:
         config = MetricsConfig.from_litellm_settings({})
-    return BudgetJobs(settings, Engine(config, settings.max_label_value_length), registry)
+    return BudgetJobs(settings, MetricSchema(config, settings.max_label_value_length), registry)
 
 
 async def _run(settings: AggregatorSettings, metrics_port: int | None) -> None:
