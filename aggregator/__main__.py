@@ -12,10 +12,10 @@ import sys
 import redis
 
 from aggregator import dead_letters, status
+from aggregator.connections import open_sync
 from aggregator.daemon import describe, run_aggregator
 from aggregator.litellm_config import ConfigError, MetricsConfig
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
-from producer.keys import Keys
 from producer.urls import passwords_in, safe_url
 
 
@@ -80,12 +80,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
 
 def dead_letters_command(settings: AggregatorSettings, args: argparse.Namespace) -> int:
     """``dead-letters list`` / ``dead-letters replay``: one line per dead letter, then a count."""
-    keys = Keys(settings.namespace, settings.shards)
+    keys = settings.keys
     shards = range(settings.shards) if args.shard is None else [args.shard]
     if not all(0 <= s < settings.shards for s in shards):
         print(f"--shard must be between 0 and {settings.shards - 1} (LSM_SHARDS={settings.shards})", file=sys.stderr)
         return 2
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout)
+    client = open_sync(settings)
     try:
         found = replayed = 0
         for shard in shards:
@@ -127,7 +127,7 @@ def dead_letters_command(settings: AggregatorSettings, args: argparse.Namespace)
 
 def status_command(settings: AggregatorSettings, args: argparse.Namespace) -> int:
     """``status``: the report; exit 1 when it found problems, 2 when Redis cannot be read."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout)
+    client = open_sync(settings)
     try:
         report = status.collect(client, settings, max_age=args.max_age)
     except redis.RedisError as exc:

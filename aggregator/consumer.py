@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -50,7 +51,6 @@ from aggregator.gc_pause import GC_PAUSE, paused_gc
 from aggregator.housekeeping import Housekeeper
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
-from producer.keys import Keys
 from producer.wire import F_DATA, F_PRODUCER, F_SEQ, WireError, decode_entry
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
@@ -88,6 +88,8 @@ class ConsumerCounters:
     not_owned_entries: int = 0
     # Resets of the shard's state in Redis this process found (each is counted once in Redis).
     state_resets: int = 0
+    # Exceptions of the engine (bugs): each costs its entry, dead-lettered as engine_error.
+    engine_errors: int = 0
     apply_seconds_sum: float = 0.0
     apply_seconds_max: float = 0.0
     errors: int = 0
@@ -107,7 +109,7 @@ class ShardConsumer:
         self.schemas = dict(schemas or {})
         self.settings = settings
         self.shard = shard
-        self.keys = Keys(settings.namespace, settings.shards)
+        self.keys = settings.keys
         self.stream = self.keys.stream(shard)
         self.group = settings.group
         self.consumer = settings.consumer_name
@@ -448,8 +450,16 @@ class ShardConsumer:
             try:
                 self.build_delta([entry])
             except Exception as exc:
-                log.exception("shard %s: entry %s cannot be applied", self.shard, entry.entry_id)
-                detail = f"{type(exc).__name__}: {exc}"
+                self.counters.engine_errors += 1
+                where = _failing_event(self.build_delta, entry)
+                log.exception(
+                    "shard %s: engine error (a bug, not a bad event) at entry %s%s; the entry is dead-lettered "
+                    "as engine_error and can be replayed once fixed",
+                    self.shard,
+                    entry.entry_id,
+                    where,
+                )
+                detail = f"{type(exc).__name__}: {exc}{where}"
                 dead.append(DeadEntry(entry.entry_id, "engine_error", detail, entry.producer_id, entry.seq))
             else:
                 good.append(entry)
@@ -514,6 +524,17 @@ def _first_copies(entries: Sequence[PendingEntry]) -> list[PendingEntry]:
             seen.add(token)
             first.append(e)
     return first
+
+
+def _failing_event(build_delta: DeltaBuilder, entry: PendingEntry) -> str:
+    """Which event of ``entry`` makes the engine raise, for the log and the dead letter."""
+    for index, event in enumerate(entry.events):
+        try:
+            build_delta([dataclasses.replace(entry, events=[event])])
+        except Exception:
+            kind = event.get("kind") if isinstance(event, dict) else type(event).__name__
+            return f", event {index} (kind {str(kind)[:64]!r})"
+    return ""
 
 
 class _EngineError(Exception):

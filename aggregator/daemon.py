@@ -8,11 +8,8 @@ import logging
 import signal
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-
 from aggregator.budgets import BudgetJobs
+from aggregator.connections import open_async
 from aggregator.consumer import ShardConsumer
 from aggregator.engine import Engine
 from aggregator.exporter import Exporter
@@ -21,25 +18,12 @@ from aggregator.leadership import Leadership
 from aggregator.litellm_config import MetricsConfig
 from aggregator.series_limits import build_limits
 from aggregator.settings import AggregatorSettings
-from producer.keys import Keys
 from producer.urls import passwords_in, safe_url
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
 # Cyclic GC thresholds while the aggregator runs (Python's defaults: 700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def create_client(settings: AggregatorSettings) -> aioredis.Redis:
-    """Explicit timeouts; a few retries are safe here because applying a batch is idempotent
-    (a re-sent apply finds its entries acknowledged and writes nothing)."""
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.socket_timeout,
-        socket_connect_timeout=settings.connect_timeout,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-        health_check_interval=30,
-    )
 
 
 def load_metrics_config(settings: AggregatorSettings) -> MetricsConfig:
@@ -58,27 +42,24 @@ class Aggregator:
         self.settings = settings
         self.config = config or load_metrics_config(settings)
         self.engine = Engine(self.config, settings.max_label_value_length)
-        self.client = create_client(settings)
-        schemas = {
-            mkey: self.engine.label_names(m.name)
-            for m in self.config.metrics()
-            if (mkey := self.engine.metric_key(m.name)) is not None
-        }
+        #: What every reader of the state shares with the engine (no reader needs the engine).
+        self.schema = schema = self.engine.schema
+        self.client = open_async(settings, idempotent=True)
+        schemas = {mkey: schema.labels[name] for name, mkey in schema.keys.items()}
         self.consumers = [
             ShardConsumer(self.client, settings, shard, self.engine.build_delta, schemas)
             for shard in range(settings.shards)
         ]
-        limits = build_limits(self.engine, settings.max_series_per_metric)
-        gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := self.engine.metric_key(m.name))]
+        limits = build_limits(schema, settings.max_series_per_metric)
+        gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := schema.metric_key(m.name))]
         for c in self.consumers:
             c.applier.limits = limits
             c.housekeeper.limits = limits
             c.housekeeper.gauge_keys = gauge_keys
         self.stop = asyncio.Event()
-        keys = Keys(settings.namespace, settings.shards)
-        self.leadership = Leadership(self.client, keys, settings.consumer_name, settings.leader_lease_seconds)
-        self.exporter = Exporter(settings, self.engine, self.consumers, self.leadership)
-        self.budgets = BudgetJobs(settings, self.engine, self.exporter.registry)
+        self.leadership = Leadership(self.client, settings.keys, settings.consumer_name, settings.leader_lease_seconds)
+        self.exporter = Exporter(settings, schema, self.consumers, self.leadership)
+        self.budgets = BudgetJobs(settings, schema, self.exporter.registry)
         # Bound now, so a taken port or missing credentials fail at start, not later.
         self.server = MetricsServer(settings, self.exporter) if serve_http else None
 

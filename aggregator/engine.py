@@ -30,35 +30,24 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from aggregator.catalog import CATALOG
 from aggregator.gc_pause import paused_gc
 from aggregator.litellm_config import MetricsConfig
+from aggregator.schema import (
+    TRUNCATED_STAT,
+    Labels,
+    MetricSchema,
+    sanitize,
+    too_long,
+)
 from aggregator.settings import DEFAULT_MAX_LABEL_VALUE_LENGTH
-from aggregator.state import MAX_ABS_AMOUNT, REMOVE, Delta, Key, encode_series, metric_key
+from aggregator.state import MAX_ABS_AMOUNT, REMOVE, Delta, Key, encode_series
 from producer import wire
 
 if TYPE_CHECKING:
     from aggregator.apply import PendingEntry
 
-Labels = Mapping[str, Any]
-# Stored instead of the "hours until reset" value: the reset time itself (seconds since the
-# epoch). Exposition turns it into hours from the current time, so the value is always current.
-RESET_TIME_GAUGES = frozenset(
-    {
-        "litellm_api_key_budget_remaining_hours_metric",
-        "litellm_team_budget_remaining_hours_metric",
-        "litellm_user_budget_remaining_hours_metric",
-        "litellm_org_budget_remaining_hours_metric",
-        "litellm_customer_budget_remaining_hours_metric",
-    }
-)
-
-#: Shard-stats field prefix counting events whose value of a label was truncated (+ label name).
-TRUNCATED_STAT = "label_truncated:"
-
 # Integers beyond this do not convert to a float (OverflowError).
 MAX_INT_FLOAT = int(sys.float_info.max)
-_TRANSLATE = {ord("\n"): " ", ord("\r"): None, 0x2028: None, 0x2029: None}
 
 
 class InvalidEvent(ValueError):
@@ -67,50 +56,6 @@ class InvalidEvent(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def sanitize(value: object) -> str:
-    """LiteLLM's ``sanitize_prometheus_label_value`` plus prometheus_client's ``None`` -> "None"."""
-    if value is None:
-        return "None"
-    s = value if isinstance(value, str) else str(value)
-    if s.isprintable() and "\\" not in s and '"' not in s:
-        # Nothing to change (isprintable() is False for \n, \r, U+2028 and U+2029): the common
-        # case, several times faster than translate(), which maps every character in Python.
-        return s
-    s = s.translate(_TRANSLATE)
-    if "\\" in s or '"' in s:
-        s = s.replace("\\", "\\\\").replace('"', '\\"')
-    return s
-
-
-#: What replaces the cut-off end of a longer value: ``...#`` and 16 hex digits of the SHA-256 of
-#: the whole value, so that two long values with the same beginning stay two series.
-_TRUNCATION_MARK = "...#"
-TRUNCATION_SUFFIX_LENGTH = len(_TRUNCATION_MARK) + 16
-_ASCII_ONLY = str.isascii  # O(1) in CPython: a flag of the string
-
-
-def too_long(value: object, limit: int) -> bool:
-    """Whether a label value is longer than ``limit`` UTF-8 bytes."""
-    if type(value) is not str or len(value) <= limit // 4:  # 4 bytes per character at most
-        return False
-    if len(value) > limit:
-        return True
-    return not _ASCII_ONLY(value) and len(value.encode("utf-8", "surrogatepass")) > limit
-
-
-def truncate_label_value(value: str, limit: int) -> str:
-    """A label value of at most ``limit`` UTF-8 bytes: unchanged when it fits, else its beginning
-    (cut at a character boundary) followed by ``...#`` and 16 hex digits of the SHA-256 of the
-    whole value. Deterministic: one long value always gives the same series, in every process;
-    two long values that differ anywhere give two series."""
-    if not too_long(value, limit):
-        return value
-    raw = value.encode("utf-8", "surrogatepass")
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    head = raw[: limit - TRUNCATION_SUFFIX_LENGTH].decode("utf-8", "ignore")
-    return f"{head}{_TRUNCATION_MARK}{digest}"
 
 
 def _holds_longer(value: tuple[Any, ...], length: int) -> bool:
@@ -441,9 +386,9 @@ class Engine:
     """Turns events into a :class:`Delta` for one metrics configuration."""
 
     def __init__(self, config: MetricsConfig, max_label_value_length: int = DEFAULT_MAX_LABEL_VALUE_LENGTH) -> None:
-        if max_label_value_length < 2 * TRUNCATION_SUFFIX_LENGTH:
-            raise ValueError(f"max_label_value_length must be at least {2 * TRUNCATION_SUFFIX_LENGTH}")
         self.config = config
+        #: What the readers share: metric keys, label names and defaults, buckets, series encoding.
+        self.schema = schema = MetricSchema(config, max_label_value_length)
         #: Longest label value written, in UTF-8 bytes; longer ones are truncated (``truncate_label_value``).
         self.max_label_value_length = max_label_value_length
         # LiteLLM's end_user label is a real id only with the opt-in; otherwise it is "None",
@@ -452,25 +397,15 @@ class Engine:
         self._success_label_fields = tuple(
             f for f in _SUCCESS_LABEL_FIELDS if self._end_user_tracking or f != "end_user"
         )
-        self._labels: dict[str, tuple[str, ...]] = {}
-        # (label name, value when the event does not set it) per metric: LiteLLM renders a missing
-        # value "None", except a configured tag label, which is "false" whenever the request's
-        # tags are not passed (budget gauges, deployment state, LLM API failures...).
-        self._defaults: dict[str, tuple[str, ...]] = {}
+        # The schema's tables, bound here for the hot paths.
+        self._labels = schema.labels
+        self._defaults = schema.defaults
+        self._mkeys = schema.keys
+        self._bounds = schema.bounds
+        self._series = schema.series
+        self._truncate = schema.truncate
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._series_cache: dict[tuple[str, ...], str] = {}
-        self._mkeys: dict[str, str] = {}
-        self._bounds: dict[str, tuple[float, ...]] = {}
-        tag_labels = frozenset(config.custom_tag_labels)
-        for name, mdef in CATALOG.items():
-            if not config.enabled(name):
-                continue
-            labels = tuple(config.labels(name))
-            self._labels[name] = labels
-            self._defaults[name] = tuple("false" if n in tag_labels else "None" for n in labels)
-            self._mkeys[name] = metric_key(name, labels)
-            if mdef.kind == "histogram":
-                self._bounds[name] = tuple(b for b in config.buckets(name) if not math.isinf(b))
         self._index_success_tables()
         self._handlers: dict[str, Callable[[_Ops, dict[str, Any], float], None]] = {
             wire.FAILURE: self._failure,
@@ -517,14 +452,13 @@ class Engine:
     # -- plumbing -----------------------------------------------------------------------------------
 
     def metric_key(self, name: str) -> str | None:
-        return self._mkeys.get(name)
+        return self.schema.metric_key(name)
 
     def label_names(self, name: str) -> tuple[str, ...]:
-        return self._labels[name]
+        return self.schema.label_names(name)
 
     def upper_bounds(self, name: str) -> tuple[float, ...]:
-        """A histogram's finite bucket bounds (the +Inf bucket is implied)."""
-        return self._bounds.get(name, ())
+        return self.schema.upper_bounds(name)
 
     def build_delta(self, entries: Sequence[PendingEntry]) -> Delta:
         delta = Delta()
@@ -565,32 +499,11 @@ class Engine:
         except InvalidEvent as exc:
             delta.count(f"events_rejected_{exc.reason}")
             return False
-        except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
-            delta.count("events_rejected_malformed")
-            return False
+        # Any other exception is a bug of the engine (an input it should have validated, or a
+        # slip), not a malformed event: it propagates, the consumer dead-letters the entry as
+        # ``engine_error`` (replayable once fixed) and counts it (``lsm_engine_errors_total``).
         delta.count("events_applied_" + str(kind))
         return True
-
-    def _series(self, name: str, labels: Labels, truncated: set[str] | None = None) -> str | None:
-        """The series of ``name`` for these label values, or None when the metric is disabled.
-        A value longer than ``max_label_value_length`` is truncated; its label's name is added
-        to ``truncated``."""
-        if name not in self._mkeys:
-            return None
-        names = self._labels[name]
-        values = [*map(labels.get, names, self._defaults[name])]
-        self._truncate(names, values, truncated)
-        return encode_series(values)
-
-    def _truncate(self, names: Sequence[str], values: list[Any], truncated: set[str] | None) -> None:
-        """Truncate the values longer than the limit, in place (adding their label names to
-        ``truncated``)."""
-        limit = self.max_label_value_length
-        for i, value in enumerate(values):
-            if too_long(value, limit):
-                values[i] = truncate_label_value(value, limit)
-                if truncated is not None:
-                    truncated.add(names[i])
 
     def _key(self, ops: _Ops, name: str, labels: Labels) -> Key | None:
         """The delta key of ``name``'s series for these label values (None: metric disabled)."""
@@ -1217,6 +1130,8 @@ class Engine:
         self._set(ops, "litellm_check_batch_cost_last_run_timestamp", {}, t, t)
         self._set(ops, "litellm_check_batch_cost_jobs_polled", {}, number(ev.get("jobs_polled"), "count"), t)
         for pair in ev.get("processed") or []:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise InvalidEvent("malformed")
             model, provider = pair
             self._inc(
                 ops,

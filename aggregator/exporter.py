@@ -16,15 +16,15 @@ from collections.abc import Sequence
 import redis
 from prometheus_client import CollectorRegistry
 
+from aggregator.connections import open_sync
 from aggregator.consumer import ShardConsumer
-from aggregator.engine import Engine
 from aggregator.exposition import EOF, Exposition, choose_format, render_registry
 from aggregator.http_server import RenderCache
 from aggregator.leadership import Leadership
+from aggregator.schema import MetricSchema
 from aggregator.selfexport import ProcessCollector, RenderStats, SharedCollector
 from aggregator.settings import AggregatorSettings
 from aggregator.textformat import Format
-from producer.keys import Keys
 from producer.urls import passwords_in, safe_url
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
@@ -36,17 +36,15 @@ class Exporter:
     def __init__(
         self,
         settings: AggregatorSettings,
-        engine: Engine,
+        schema: MetricSchema,
         consumers: Sequence[ShardConsumer],
         leadership: Leadership,
     ) -> None:
         self.settings = settings
-        self.keys = Keys(settings.namespace, settings.shards)
+        self.keys = settings.keys
         # Its own synchronous client: the HTTP threads never touch the event loop's client.
-        self.client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.connect_timeout
-        )
-        self.exposition = Exposition(self.client, self.keys, engine)
+        self.client = open_sync(settings)
+        self.exposition = Exposition(self.client, self.keys, schema)
         self.leadership = leadership
         self.consumers = consumers
         self.render_stats = RenderStats()

@@ -42,7 +42,7 @@ import orjson
 import redis
 
 from aggregator.catalog import MetricDef
-from aggregator.engine import RESET_TIME_GAUGES, Engine
+from aggregator.schema import RESET_TIME_GAUGES, MetricSchema
 from aggregator.textformat import (
     EOF,
     Format,
@@ -123,7 +123,7 @@ def wanted(mdef: MetricDef, names: frozenset[str] | None) -> bool:
 def read_state(
     client: redis.Redis,
     keys: Keys,
-    engine: Engine,
+    schema: MetricSchema,
     names: frozenset[str] | None = None,
     with_times: bool | None = None,
     max_fields: int | None = None,
@@ -133,7 +133,7 @@ def read_state(
     ``with_times``: read the gauges' ``gt`` hashes (default: only with several shards, where the
     merge needs them). ``max_fields``: see :func:`iter_state`."""
     state = State()
-    for chunk in iter_state(client, keys, engine, state, names, with_times, max_fields):
+    for chunk in iter_state(client, keys, schema, state, names, with_times, max_fields):
         state.metrics.extend(chunk)
     return state
 
@@ -141,7 +141,7 @@ def read_state(
 def iter_state(
     client: redis.Redis,
     keys: Keys,
-    engine: Engine,
+    schema: MetricSchema,
     state: State,
     names: frozenset[str] | None = None,
     with_times: bool | None = None,
@@ -159,8 +159,8 @@ def iter_state(
     times = shards > 1 if with_times is None else with_times
     plan: list[tuple[MetricDef, str, list[str], list[str]]] = []
     all_keys: list[str] = []
-    for mdef in engine.config.metrics():
-        mkey = engine.metric_key(mdef.name)
+    for mdef in schema.config.metrics():
+        mkey = schema.metric_key(mdef.name)
         if mkey is None or not wanted(mdef, names):
             continue
         vkeys = [keys.metric(s, _kind_prefix(mdef), mkey) for s in range(shards)]
@@ -214,8 +214,8 @@ def iter_state(
                 MetricState(
                     mdef,
                     mkey,
-                    engine.label_names(mdef.name),
-                    engine.upper_bounds(mdef.name),
+                    schema.label_names(mdef.name),
+                    schema.upper_bounds(mdef.name),
                     tuple(out[k] for k in vkeys),
                     tuple(out[k] for k in tkeys) if tkeys else None,
                 )
@@ -386,12 +386,12 @@ class Exposition:
     label-text cache is reused across scrapes. The client must return bytes
     (``decode_responses=False``)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, engine: Engine, label_cache_size: int = LABEL_CACHE_SIZE):
+    def __init__(self, client: redis.Redis, keys: Keys, schema: MetricSchema, label_cache_size: int = LABEL_CACHE_SIZE):
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("Exposition needs a redis client with decode_responses=False")
         self.client = client
         self.keys = keys
-        self.engine = engine
+        self.schema = schema
         self.label_cache_size = label_cache_size
         self._heads: dict[str, dict[bytes, Any]] = {}
         self._cached = 0
@@ -429,18 +429,18 @@ class Exposition:
         :attr:`omitted`."""
         state = State()
         parts: list[bytes] = []
-        for chunk in iter_state(self.client, self.keys, self.engine, state, names, max_fields=max_fields):
+        for chunk in iter_state(self.client, self.keys, self.schema, state, names, max_fields=max_fields):
             parts += self._render_metrics(chunk, fmt, names, now)
         self.omitted = dict(state.omitted)
         for name in state.omitted:
             self.series_counts.pop(name, None)
-            mkey = self.engine.metric_key(name)
+            mkey = self.schema.metric_key(name)
             if mkey is not None and self._heads.pop(mkey, None) is not None:
                 self._cached = sum(len(d) for d in self._heads.values())
         return parts
 
     def read(self, names: frozenset[str] | None = None) -> State:
-        return read_state(self.client, self.keys, self.engine, names)
+        return read_state(self.client, self.keys, self.schema, names)
 
     @property
     def cached_series(self) -> int:

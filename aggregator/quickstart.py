@@ -24,12 +24,12 @@ import urllib.request
 
 import redis
 
+from aggregator.connections import open_url
 from aggregator.daemon import Aggregator
 from aggregator.local_server import default_redis
 from aggregator.selfmetrics import producer_health, shard_health
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
 from aggregator.snapshot import read_families
-from producer.keys import Keys
 
 
 def say(msg: str) -> None:
@@ -37,7 +37,7 @@ def say(msg: str) -> None:
 
 
 def _totals(client: redis.Redis, agg: Aggregator) -> tuple[float, float, float]:
-    fams = read_families(client, Keys(agg.settings.namespace, agg.settings.shards), agg.engine)
+    fams = read_families(client, agg.settings.keys, agg.schema)
 
     def total(name: str) -> float:
         fam = fams.get(name)
@@ -51,7 +51,7 @@ def _totals(client: redis.Redis, agg: Aggregator) -> tuple[float, float, float]:
 
 
 def _progress(client: redis.Redis, agg: Aggregator) -> str:
-    keys = Keys(agg.settings.namespace, agg.settings.shards)
+    keys = agg.settings.keys
     sent = applied = 0
     for p in producer_health(client, keys):
         sent += p.events_sent
@@ -115,7 +115,7 @@ async def main_async(
     rate: float, seconds: float | None, interval: float, fresh: bool = False, clean: bool = False
 ) -> int:
     url, server = default_redis(say)
-    client = redis.Redis.from_url(url)
+    client = open_url(url)
     namespace = _choose_namespace(client, fresh, clean)
     env = {**os.environ, "LSM_REDIS_URL": url, "LSM_NAMESPACE": namespace, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     # Credentials for /metrics: the user's, else a fresh random token for this run.
@@ -179,7 +179,7 @@ async def main_async(
                 await asyncio.to_thread(traffic.wait, 30)
             except subprocess.TimeoutExpired:
                 traffic.kill()
-        keys = Keys(namespace, settings.shards)
+        keys = settings.keys
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             health = await asyncio.to_thread(producer_health, client, keys)

@@ -109,6 +109,15 @@ class ProcessCollector:
             for c in self.consumers:
                 fam.add_metric([str(c.shard)], float(getattr(c.counters, attr)))
             yield fam
+        engine_errors = CounterMetricFamily(
+            "lsm_engine_errors",
+            "Exceptions of the engine (bugs, not bad events) in this process; each entry hit is dead-lettered "
+            "as engine_error",
+            labels=["shard"],
+        )
+        for c in self.consumers:
+            engine_errors.add_metric([str(c.shard)], float(c.counters.engine_errors))
+        yield engine_errors
         apply = SummaryMetricFamily("lsm_apply_seconds", "Time to decode, build and apply a batch", labels=["shard"])
         batch = SummaryMetricFamily("lsm_batch_entries", "Entries per batch", labels=["shard"])
         for c in self.consumers:

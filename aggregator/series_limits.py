@@ -31,7 +31,7 @@ from aggregator.state import encode_series
 from producer.keys import Keys
 
 if TYPE_CHECKING:  # the engine imports the apply module, which imports this one
-    from aggregator.engine import Engine
+    from aggregator.schema import MetricSchema
 
 _RETIRE = resources.files("aggregator").joinpath("retire.lua").read_text()
 OVERFLOW_VALUE = "other"
@@ -93,7 +93,7 @@ def request_labels(config: MetricsConfig) -> frozenset[str]:
     return frozenset(labels)
 
 
-def build_limits(engine: Engine, default_cap: int) -> dict[str, MetricLimits]:
+def build_limits(schema: MetricSchema, default_cap: int) -> dict[str, MetricLimits]:
     """metric key -> its limits, for every enabled metric that has any.
 
     ``default_cap`` (``LSM_MAX_SERIES_PER_METRIC``; 0: none) caps, when ``litellm_settings`` set
@@ -102,17 +102,17 @@ def build_limits(engine: Engine, default_cap: int) -> dict[str, MetricLimits]:
     hostile client. The other metrics' label values come from the proxy's configuration and are
     left uncapped (a cap costs the apply script an index write per update). Series with an end
     user under their own cap (end-user tracking on) keep that one."""
-    config = engine.config
+    config = schema.config
     general_all = _limit("ix", config.series_limits)
     general_default = _limit("ix", config.series_limits, default_cap)
     controlled = request_labels(config)
     end_user = _limit("ixe", config.end_user_series_limits) if config.end_user_tracking else None
     out: dict[str, MetricLimits] = {}
     for mdef in config.metrics():
-        mkey = engine.metric_key(mdef.name)
+        mkey = schema.metric_key(mdef.name)
         if mkey is None:
             continue
-        labels = engine.label_names(mdef.name)
+        labels = schema.label_names(mdef.name)
         general = general_default if controlled.intersection(labels) else general_all
         eu_index = labels.index("end_user") if "end_user" in labels else None
         eu = end_user if eu_index is not None else None
@@ -120,7 +120,7 @@ def build_limits(engine: Engine, default_cap: int) -> dict[str, MetricLimits]:
             continue
         parts: tuple[str, ...] = ()
         if mdef.kind == "histogram":
-            nb = len(engine.upper_bounds(mdef.name)) + 1
+            nb = len(schema.upper_bounds(mdef.name)) + 1
             parts = (*(f"b{i}" for i in range(nb)), "s", "c")
         out[mkey] = MetricLimits(
             name=mdef.name,

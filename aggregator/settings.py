@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from producer.keys import validate_namespace
+from producer.keys import Keys, validate_namespace
 from producer.settings import DEFAULT_REDIS_URL
 from producer.urls import passwords_in, safe_url
 
@@ -26,6 +27,11 @@ DEFAULT_MAX_SERIES_PER_METRIC = 20_000
 #: Default of ``LSM_RENDER_MAX_FIELDS``.
 # About 1.4 KiB of the exporter's memory per field at render: fits the Deployment's 1 GiB limit.
 DEFAULT_RENDER_MAX_FIELDS = 400_000
+
+
+@lru_cache(maxsize=64)
+def _keys(namespace: str, shards: int) -> Keys:
+    return Keys(namespace, shards)
 
 
 class AggregatorConfigError(ValueError):
@@ -146,6 +152,11 @@ class AggregatorSettings(BaseModel):
             shown = safe_url(self.litellm_api_base, passwords_in(self.litellm_api_base))
             raise ValueError(f"litellm_api_base {shown!r} is not an http:// or https:// URL")
         return self
+
+    @property
+    def keys(self) -> Keys:
+        """The Redis key names of this namespace and shard count, shared by every component."""
+        return _keys(self.namespace, self.shards)
 
     @property
     def effective_budget_source(self) -> str:

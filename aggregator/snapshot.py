@@ -18,8 +18,8 @@ import orjson
 import redis
 
 from aggregator.catalog import MetricDef
-from aggregator.engine import RESET_TIME_GAUGES, Engine
 from aggregator.exposition import histogram_groups, merged_counters, merged_gauges, read_state
+from aggregator.schema import RESET_TIME_GAUGES, MetricSchema
 from aggregator.state import decode_series
 from aggregator.textformat import go_float
 from producer.keys import Keys
@@ -62,10 +62,10 @@ class Family:
         return out
 
 
-def read_families(client: redis.Redis, keys: Keys, engine: Engine) -> dict[str, Family]:
+def read_families(client: redis.Redis, keys: Keys, schema: MetricSchema) -> dict[str, Family]:
     """Every enabled metric's series, merged over all shards."""
     families: dict[str, Family] = {}
-    for ms in read_state(client, keys, engine, with_times=True).metrics:
+    for ms in read_state(client, keys, schema, with_times=True).metrics:
         mdef = ms.mdef
         fam = families[mdef.name] = Family(mdef, ms.label_names, ms.upper_bounds)
         if mdef.kind == "counter":

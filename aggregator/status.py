@@ -115,7 +115,7 @@ def collect(client: redis.Redis, settings: AggregatorSettings, max_age: float, n
     """Read everything the report shows; decide the problems (``max_age``: how old the oldest
     undelivered or pending entry may be) and warnings."""
     now = time.time() if now is None else now
-    keys = Keys(settings.namespace, settings.shards)
+    keys = settings.keys
     shards = [_shard(client, keys, s, settings.group, now) for s in range(settings.shards)]
     lease_key = exporter_lease_key(keys)
     holder = client.get(lease_key)

@@ -59,8 +59,9 @@ import redis
 
 import aggregator.consumer as consumer_module
 from aggregator.apply import ShardApplier
+from aggregator.connections import open_async
 from aggregator.consumer import ShardConsumer
-from aggregator.daemon import create_client, tune_gc
+from aggregator.daemon import tune_gc
 from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
 from aggregator.series_limits import build_limits
@@ -167,11 +168,11 @@ async def apply_backlog(
         apply_max_events=apply_max_events,
     )
     engine = Engine(config)
-    client = create_client(settings)
+    client = open_async(settings, idempotent=True)
     split = CpuSplit()
     consumer = ShardConsumer(client, settings, 0, split.timed("engine", engine.build_delta))
     # Series caps as the daemon sets them (LSM_MAX_SERIES_PER_METRIC; 0: none).
-    consumer.applier.limits = build_limits(engine, max_series_per_metric)
+    consumer.applier.limits = build_limits(engine.schema, max_series_per_metric)
     consumer_module.decode_entry = split.timed("decode", decode_entry)  # type: ignore[attr-defined]
     encode = ShardApplier._encode
     ShardApplier._encode = split.timed("encode", encode)  # type: ignore[method-assign]
@@ -290,7 +291,7 @@ async def latency(
         redis_url=redis_url, namespace=namespace, consumer_name="bench-lat", block_seconds=0.05
     )
     engine = Engine(MetricsConfig.from_litellm_settings({}))
-    client = create_client(settings)
+    client = open_async(settings, idempotent=True)
     consumer = ShardConsumer(client, settings, 0, engine.build_delta)
     await consumer.ensure_group()
     samples: list[float] = []

@@ -127,7 +127,9 @@ async def main() -> None:
             budget_lease_seconds=60,
             budget_source_timeout=300,
         )
-        jobs = BudgetJobs(settings, Engine(MetricsConfig.from_litellm_settings({})), CollectorRegistry(), client=client)
+        jobs = BudgetJobs(
+            settings, Engine(MetricsConfig.from_litellm_settings({})).schema, CollectorRegistry(), client=client
+        )
         print("| run | rows read | gauge writes | series removed | refresh s | rows/s ", end="")
         print("| RSS before MiB | peak RSS MiB | Redis used MiB |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -51,9 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
-from aggregator.engine import RESET_TIME_GAUGES, Engine
+from aggregator.engine import Engine
 from aggregator.exposition import Exposition, assemble, read_state
 from aggregator.litellm_config import MetricsConfig
+from aggregator.schema import RESET_TIME_GAUGES
 from aggregator.state import encode_series, histogram_field
 from producer.keys import Keys
 
@@ -282,13 +283,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         result["rss_start_mib"] = rss_mib()
 
         # (a) scrapes: Redis + render.
-        ex = Exposition(client, keys, engine)
+        ex = Exposition(client, keys, engine.schema)
         t = time.perf_counter()
         body = ex.render("text", now=now)
         result["scrape_cold_s"] = time.perf_counter() - t
         times, body = timed(lambda: ex.render("text", now=now), args.repeat)
         result["scrape_warm_s"] = times
-        read_times, state = timed(lambda: read_state(client, keys, engine), args.repeat)
+        read_times, state = timed(lambda: read_state(client, keys, engine.schema), args.repeat)
         result["read_s"] = read_times
         result["fields_read"] = state.fields
         result["round_trips"] = state.round_trips
@@ -298,7 +299,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         result["render_om_s"], om_body = timed(
             lambda: assemble("openmetrics", ex.render_state(state, "openmetrics", now=now)), args.repeat
         )
-        cold = Exposition(client, keys, engine)
+        cold = Exposition(client, keys, engine.schema)
         t = time.perf_counter()
         cold.render_state(state, "text", now=now)
         result["render_text_cold_s"] = time.perf_counter() - t
@@ -313,7 +314,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         del cold, state, body, om_body
         gc.collect()
         result["rss_cache_only_mib"] = rss_mib()
-        state = read_state(client, keys, engine)
+        state = read_state(client, keys, engine.schema)
         body = ex.render_state(state, "text", now=now)
         om_body = assemble("openmetrics", ex.render_state(state, "openmetrics", now=now))
 

@@ -20,7 +20,9 @@ import psycopg
 import redis
 from psycopg.types.json import Jsonb
 
+from aggregator.budgets.jobs import BudgetJobs
 from aggregator.engine import Engine
+from aggregator.schema import MetricSchema
 from aggregator.state import decode_series
 from producer.keys import Keys
 from tests.support import wait_for
@@ -132,8 +134,13 @@ class LiteLLMDb:
         )
 
 
+def engine_of(jobs: BudgetJobs) -> Engine:
+    """An engine with the budget jobs' schema (to apply events next to their refresh)."""
+    return Engine(jobs.schema.config, jobs.schema.max_label_value_length)
+
+
 def stored_gauge(
-    client: redis.Redis, namespace: str, engine: Engine, name: str, shard: int = 0
+    client: redis.Redis, namespace: str, engine: Engine | MetricSchema, name: str, shard: int = 0
 ) -> dict[tuple[str | None, ...], float]:
     """The stored values of gauge ``name`` in one shard: label values tuple -> value (reset-time
     gauges hold the reset time)."""
@@ -143,7 +150,9 @@ def stored_gauge(
     return {tuple(decode_series(k)): float(v) for k, v in raw.items()}
 
 
-def stored_times(client: redis.Redis, namespace: str, engine: Engine, name: str, shard: int = 0) -> dict[str, float]:
+def stored_times(
+    client: redis.Redis, namespace: str, engine: Engine | MetricSchema, name: str, shard: int = 0
+) -> dict[str, float]:
     mkey = engine.metric_key(name)
     assert mkey is not None
     raw = client.hgetall(Keys(namespace).metric(shard, "gt", mkey))

@@ -543,7 +543,7 @@ def assert_exact(run: Run, produced: dict[str, Any]) -> dict[str, int]:
         }
         dead = client.xrange(keys.dead_letters(0), count=5)
         engine = Engine(MetricsConfig.from_litellm_settings({}))
-        families = read_families(client, keys, engine)
+        families = read_families(client, keys, engine.schema)
     finally:
         client.close()
     if dead:  # the reasons, without the payloads

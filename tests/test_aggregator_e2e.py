@@ -72,7 +72,7 @@ async def test_success_and_failure_become_litellm_metrics(
     await asyncio.to_thread(wait_for, lambda: logger.emitter.counters.accepted >= 2, 10)
     assert logger.close()
     agg = await drive(redis_url, namespace, 2)
-    fams = read_families(redis_client, Keys(namespace), agg.engine)
+    fams = read_families(redis_client, Keys(namespace), agg.schema)
     requests = fams["litellm_requests_metric"].samples(0)
     assert len(requests) == 1
     name, labels, value = requests[0]

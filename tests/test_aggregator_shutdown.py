@@ -57,7 +57,7 @@ def start(redis_url: str, namespace: str, name: str, **extra: str) -> subprocess
 
 
 def requests_total(client: redis.Redis, keys: Keys) -> float:
-    fams = read_families(client, keys, Engine(MetricsConfig.from_litellm_settings({})))
+    fams = read_families(client, keys, Engine(MetricsConfig.from_litellm_settings({})).schema)
     return sum(v for _n, _l, v in fams["litellm_requests_metric"].samples(0))
 
 

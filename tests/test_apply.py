@@ -13,8 +13,8 @@ import redis
 import redis.asyncio as aioredis
 
 from aggregator.apply import DeadEntry, PendingEntry, ShardApplier
+from aggregator.connections import open_async
 from aggregator.consumer import ShardConsumer
-from aggregator.daemon import create_client
 from aggregator.gc_pause import GC_PAUSE
 from aggregator.housekeeping import Housekeeper
 from aggregator.local_server import LocalServer
@@ -158,7 +158,7 @@ async def test_lost_apply_replies_are_not_counted_twice(private_server: LocalSer
         housekeeping_interval=0.2,
         socket_timeout=2,
     )
-    consumer = ShardConsumer(create_client(cfg), cfg, 0, count_events)
+    consumer = ShardConsumer(open_async(cfg, idempotent=True), cfg, 0, count_events)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     expected = 0.0

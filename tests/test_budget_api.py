@@ -22,7 +22,7 @@ from aggregator.budgets.jobs import BudgetJobs
 from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
 from aggregator.settings import AggregatorSettings
-from tests.budget_db import stored_gauge
+from tests.budget_db import engine_of, stored_gauge
 
 MASTER_KEY = "sk-master-test"
 RESET_ISO = "2030-03-17T17:46:40Z"
@@ -145,7 +145,7 @@ def make_jobs(
     )
     assert settings.effective_budget_source == "api"
     engine = Engine(MetricsConfig.from_litellm_settings({"enable_end_user_cost_tracking_prometheus_only": True}))
-    return BudgetJobs(settings, engine, CollectorRegistry(), client=aclient)
+    return BudgetJobs(settings, engine.schema, CollectorRegistry(), client=aclient)
 
 
 async def refresh(jobs: BudgetJobs) -> Any:
@@ -200,7 +200,7 @@ async def test_api_source_values(
     jobs = make_jobs(aclient, redis_url, namespace, fake.url, page_size=3)
     report = await refresh(jobs)
     assert report.outcome == "success", report
-    e = jobs.engine
+    e = engine_of(jobs)
     assert stored_gauge(redis_client, namespace, e, "litellm_remaining_api_key_budget_metric") == {
         ("k1", "one"): 90.0,
         ("k2", ""): 45.0,
@@ -229,7 +229,7 @@ async def test_api_listing_that_changed_keeps_values_and_removes_nothing(
     jobs = make_jobs(aclient, redis_url, namespace, fake.url)
     assert (await refresh(jobs)).outcome == "success"
     name = "litellm_remaining_api_key_budget_metric"
-    assert len(stored_gauge(redis_client, namespace, jobs.engine, name)) == 5
+    assert len(stored_gauge(redis_client, namespace, engine_of(jobs), name)) == 5
 
     # k0 is deleted while page 2 is being read: offset pages shift, k2 is never seen.
     def delete_k0(path: str, page: int) -> None:
@@ -241,12 +241,12 @@ async def test_api_listing_that_changed_keeps_values_and_removes_nothing(
         k["spend"] += 1
     report = await refresh(jobs)
     assert report.outcome == "partial" and "changed" in report.errors["keys"]
-    values = stored_gauge(redis_client, namespace, jobs.engine, name)
+    values = stored_gauge(redis_client, namespace, engine_of(jobs), name)
     assert ("k2", "") in values  # not seen this time, but absence was not proven: kept
     assert values[("k1", "")] == 8.0  # a value read this time is written
     fake.on_page = lambda path, page: None
     assert (await refresh(jobs)).outcome == "success"
-    assert set(stored_gauge(redis_client, namespace, jobs.engine, name)) == {(f"k{i}", "") for i in range(1, 5)}
+    assert set(stored_gauge(redis_client, namespace, engine_of(jobs), name)) == {(f"k{i}", "") for i in range(1, 5)}
 
 
 async def test_api_errors_are_counted(

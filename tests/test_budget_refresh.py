@@ -32,7 +32,7 @@ from aggregator.settings import AggregatorConfigError, AggregatorSettings
 from aggregator.snapshot import read_families
 from producer.keys import Keys
 from producer.wire import encode_entry, encode_event
-from tests.budget_db import LiteLLMDb, TcpProxy, stored_gauge, stored_times, writes_log
+from tests.budget_db import LiteLLMDb, TcpProxy, engine_of, stored_gauge, stored_times, writes_log
 from tests.test_engine import budget, success
 
 KEY_REMAINING = "litellm_remaining_api_key_budget_metric"
@@ -87,7 +87,7 @@ def make_jobs(
     source: BudgetSource | None = None,
 ) -> BudgetJobs:
     engine = Engine(MetricsConfig.from_litellm_settings(litellm_settings or {}))
-    return BudgetJobs(settings, engine, CollectorRegistry(), client=aclient, source=source)
+    return BudgetJobs(settings, engine.schema, CollectorRegistry(), client=aclient, source=source)
 
 
 async def refresh(jobs: BudgetJobs, expect: str = "success") -> Any:
@@ -141,7 +141,7 @@ async def test_values_equal_the_database(
     report = await refresh(jobs)
     assert report.rows == {"keys": 7, "teams": 2, "users": 2, "orgs": 1}
 
-    engine = jobs.engine
+    engine = engine_of(jobs)
     assert stored_gauge(redis_client, namespace, engine, KEY_REMAINING) == {
         (h("k1"), "one"): 90.0,
         (h("k2"), ""): 45.0,
@@ -168,7 +168,7 @@ async def test_values_equal_the_database(
     assert stored_gauge(redis_client, namespace, engine, "litellm_teams_count") == {(): 2.0}
 
     # As exported: label values rendered like LiteLLM's, hours from now.
-    families = read_families(redis_client, Keys(namespace), engine)
+    families = read_families(redis_client, Keys(namespace), engine.schema)
     now = time.time()
     hours = families[KEY_HOURS].samples(now)
     assert [(s[1], round(s[2], 6)) for s in hours] == [
@@ -204,7 +204,7 @@ async def test_labels_and_customers_follow_the_proxy_config(
     settings = make_settings(redis_url, namespace, db.url, litellm_config=str(config))
     jobs = make_jobs(aclient, settings, litellm_settings)
     await refresh(jobs)
-    engine = jobs.engine
+    engine = engine_of(jobs)
     # LiteLLM's label order: custom metadata labels before the user e-mail and alias.
     assert engine.label_names(USER_REMAINING) == ("user", "metadata_tenant", "user_email", "user_alias")
     assert stored_gauge(redis_client, namespace, engine, USER_REMAINING) == {
@@ -244,7 +244,7 @@ async def test_database_and_events_write_the_same_series_and_the_newest_wins(
     db.add_key(key, alias="shared", team_id="team-1", spend=7.0, max_budget=10.0, reset_at=RESET)
     db.add_team("team-1", alias="Team One", spend=5.0, max_budget=50.0)
     jobs = make_jobs(aclient, make_settings(redis_url, namespace, db.url))
-    engine = jobs.engine
+    engine = engine_of(jobs)
     event = success(hashed_api_key=key, api_key_alias="shared", user=None, org_id=None, response_cost=0.5)
     # An older request (its spend 2.0 + 0.5): the database read afterwards is newer and wins.
     await apply_events(aclient, namespace, engine, [{**event, "t": time.time() - 60}], seq=1)
@@ -270,7 +270,7 @@ async def test_long_aliases_are_cut_like_the_event_path_cuts_them(
     db.add_key(key, alias=alias, team_id="team-1", spend=7.0, max_budget=10.0)
     db.add_team("team-1", alias=alias, spend=5.0, max_budget=50.0)
     jobs = make_jobs(aclient, make_settings(redis_url, namespace, db.url))
-    engine = jobs.engine
+    engine = engine_of(jobs)
     event = success(hashed_api_key=key, api_key_alias=alias, team_alias=alias, user=None, org_id=None)
     await apply_events(aclient, namespace, engine, [{**event, "t": time.time() - 60}], seq=1)
     await refresh(jobs)
@@ -294,7 +294,7 @@ async def test_deleted_entities_and_unknown_budgets_disappear_from_every_shard(
     db.add_team("team-gone", max_budget=5.0)
     db.add_user("user-gone", max_budget=5.0)
     jobs = make_jobs(aclient, make_settings(redis_url, namespace, db.url, shards=2))
-    engine = jobs.engine
+    engine = engine_of(jobs)
     # Per-request values of the same keys arrived on shard 1 (another producer's shard) earlier.
     old = time.time() - 30
     for i, k in enumerate((gone, unbudgeted)):
@@ -321,7 +321,7 @@ async def test_deleted_entities_and_unknown_budgets_disappear_from_every_shard(
     assert stored_gauge(redis_client, namespace, engine, TEAM_MEMBERS) == {}
     assert stored_gauge(redis_client, namespace, engine, USER_MAX) == {}
     assert report.writes.removed >= 9
-    families = read_families(redis_client, Keys(namespace, 2), engine)
+    families = read_families(redis_client, Keys(namespace, 2), engine.schema)
     assert [s[1]["hashed_api_key"] for s in families[KEY_REMAINING].samples(time.time())] == [keep]
     # A late request of the deleted key, older than the removal, does not bring it back...
     late = success(hashed_api_key=gone, api_key_alias=None, team=None, user=None, org_id=None, t=time.time() - 5)
@@ -383,7 +383,7 @@ async def test_a_former_holder_cannot_overwrite_newer_values(
     other = make_jobs(aclient, settings)
     await asyncio.sleep(0.06)
     assert (await other.tick()).outcome == "success"
-    engine = frozen.engine
+    engine = engine_of(frozen)
     fresh = stored_gauge(redis_client, namespace, engine, KEY_REMAINING)
     assert set(fresh.values()) == {6.0}
     # The frozen one resumes, still believing in its lease: its next write is refused in Redis.
@@ -426,7 +426,7 @@ async def test_database_down_keeps_values_shows_staleness_and_recovers(
     proxy = TcpProxy(db.url)
     try:
         jobs = make_jobs(aclient, make_settings(redis_url, namespace, proxy.url_for(db.url)))
-        engine = jobs.engine
+        engine = engine_of(jobs)
         await refresh(jobs)
         before = stored_gauge(redis_client, namespace, engine, KEY_REMAINING)
         assert before == {(h("k"), ""): 9.0}
@@ -454,7 +454,7 @@ async def test_slow_table_fails_alone_and_recovers(
     db.add_key(h("k"), spend=1.0, max_budget=10.0)
     db.add_team("t", spend=1.0, max_budget=10.0)
     jobs = make_jobs(aclient, make_settings(redis_url, namespace, db.url, budget_source_timeout=0.5))
-    engine = jobs.engine
+    engine = engine_of(jobs)
     await refresh(jobs)
     keys_success = sample(jobs, "lsm_budget_last_success_timestamp_seconds", kind="keys")
     locker = psycopg.connect(db.url)
@@ -543,7 +543,7 @@ def test_unknown_values_are_never_reported() -> None:
     from aggregator.budgets.gauges import GaugeBuilder
     from aggregator.budgets.model import BudgetRow
 
-    builder = GaugeBuilder(Engine(MetricsConfig.from_litellm_settings({})))
+    builder = GaugeBuilder(Engine(MetricsConfig.from_litellm_settings({})).schema)
     ops = builder.row_ops(
         "keys", [BudgetRow("k", spend=None, max_budget=10.0), BudgetRow("j", spend=1, max_budget=math.nan)]
     )

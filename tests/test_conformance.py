@@ -44,8 +44,8 @@ from prometheus_client import REGISTRY
 
 from aggregator.catalog import CATALOG
 from aggregator.daemon import Aggregator
-from aggregator.engine import RESET_TIME_GAUGES
 from aggregator.litellm_config import MetricsConfig, PrometheusSettings
+from aggregator.schema import RESET_TIME_GAUGES
 from aggregator.settings import AggregatorSettings
 from aggregator.snapshot import read_families
 from producer.callback import StreamMetricsLogger
@@ -807,7 +807,7 @@ async def run_both(
 
     now = time.time()
     ours: dict[Sample, float] = {}
-    for fam in read_families(client, Keys(namespace), agg.engine).values():
+    for fam in read_families(client, Keys(namespace), agg.schema).values():
         for name, labels, value in fam.samples(now):
             ours[(name, frozenset(labels.items()))] = value
     return Run(theirs, ours, errors, stats, int(snapshot["events_skipped"]))

@@ -22,8 +22,9 @@ import pytest
 from litellm.types.integrations.prometheus import sanitize_prometheus_label_value
 
 from aggregator.apply import PendingEntry
-from aggregator.engine import TRUNCATED_STAT, Engine, sanitize, truncate_label_value
+from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
+from aggregator.schema import TRUNCATED_STAT, sanitize, truncate_label_value
 from aggregator.snapshot import Family
 from aggregator.state import Delta, decode_series
 from producer import wire
@@ -708,6 +709,21 @@ def test_poison_event_is_rejected_whole(event: dict[str, Any], reason: str) -> N
     }
     assert delta.gauges == alone.gauges
     assert delta.stats == {"events_applied_success": 2, f"events_rejected_{reason}": 1}
+
+
+def test_an_engine_bug_is_not_counted_as_a_malformed_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception the engine did not mean to raise propagates (the consumer dead-letters the
+    entry as engine_error and counts it) instead of hiding as ``events_rejected_malformed``."""
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+
+    def buggy_handler(ops: Any, ev: dict[str, Any], t: float) -> None:
+        raise TypeError("a slip in a handler")
+
+    monkeypatch.setitem(engine._handlers, wire.TEAM_MEMBERS, buggy_handler)
+    delta = Delta()
+    with pytest.raises(TypeError, match="a slip in a handler"):
+        engine.add_event(delta, {"kind": wire.TEAM_MEMBERS, "t": T, "team": "t", "members": 3})
+    assert delta.stats == {}
 
 
 TOLERATED: list[tuple[str, dict[str, Any], str]] = [

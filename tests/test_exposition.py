@@ -45,9 +45,10 @@ from prometheus_client.utils import floatToGoString
 
 import aggregator.exposition as exposition
 from aggregator.catalog import MetricDef
-from aggregator.engine import RESET_TIME_GAUGES, Engine
+from aggregator.engine import Engine
 from aggregator.exposition import EOF, Exposition, assemble, choose_format, render_registry
 from aggregator.litellm_config import MetricsConfig
+from aggregator.schema import RESET_TIME_GAUGES
 from aggregator.snapshot import read_families
 from aggregator.state import encode_series, histogram_field
 from aggregator.textformat import go_float
@@ -320,7 +321,7 @@ def test_awkward_state_equals_generate_latest_and_parses_back(
         model = random_model(rng)
         write_model(redis_client, keys, model, rng)
         try:
-            ex = Exposition(redis_client, keys, ENGINE)
+            ex = Exposition(redis_client, keys, ENGINE.schema)
             text = ex.render("text", now=NOW)
             om = assemble("openmetrics", ex.render("openmetrics", now=NOW))
             registry = reference(model, text)
@@ -385,7 +386,7 @@ def test_equals_a_litellm_registry(redis_client: redis.Redis, namespace: str, no
             for part, amount in ((f"b{b}", 1), ("s", v), ("c", 1)):
                 pipe.hincrbyfloat(key(keys, shard, "h", name), histogram_field(s, part), repr(amount))
     pipe.execute()
-    ex = Exposition(redis_client, keys, ENGINE)
+    ex = Exposition(redis_client, keys, ENGINE.schema)
     text = ex.render("text", now=NOW)
     om = assemble("openmetrics", ex.render("openmetrics", now=NOW))
     # Children in our output's order, then the updates.
@@ -423,7 +424,7 @@ def test_counter_values_as_hincrbyfloat_stores_them(redis_client: redis.Redis, n
     stored = redis_client.hget(key(keys, 0, "c", name), series_of(("x",) * len(names)))
     assert stored is not None
     model.counters[name][("x",) * len(names)] = float(stored)
-    text = Exposition(redis_client, keys, ENGINE).render("text", now=NOW)
+    text = Exposition(redis_client, keys, ENGINE.schema).render("text", now=NOW)
     assert text == generate_latest(reference(model, text))
     assert b"} 1.234567e+06\n" in text and b"} 1e+20\n" in text and b"} 3.0\n" in text
 
@@ -462,7 +463,7 @@ def test_multi_shard_merge_and_tombstones(redis_client: redis.Redis, namespace: 
     untimed = ("no time",) * n
     redis_client.hset(key(keys, 1, "g", g), series_of(untimed), "5")
 
-    text = Exposition(redis_client, keys, ENGINE).render("text", now=NOW).decode()
+    text = Exposition(redis_client, keys, ENGINE.schema).render("text", now=NOW).decode()
     parsed = {
         (s.name, s.labels.get("api_base"), s.labels.get("le")): s.value for fam in text_parse(text) for s in fam.samples
     }
@@ -474,7 +475,7 @@ def test_multi_shard_merge_and_tombstones(redis_client: redis.Redis, namespace: 
     gauges = {s.labels["model_id"]: s.value for fam in text_parse(text) if fam.name == g for s in fam.samples}
     assert gauges == {"newest value": 2.0, "set after removal": 0.0, "equal times": 3.0, "no time": 5.0}
     # read_families applies the same merge.
-    fams = read_families(redis_client, keys, ENGINE)
+    fams = read_families(redis_client, keys, ENGINE.schema)
     assert {k[0]: v[0] for k, v in fams[g].gauges.items()} == gauges
     assert fams[c].samples(NOW) == [
         ("litellm_requests_metric_total", dict(zip(ENGINE.label_names(c), cl, strict=True)), 7.5)
@@ -488,7 +489,7 @@ def test_reset_time_gauges_are_hours_from_now(redis_client: redis.Redis, namespa
     name = "litellm_api_key_budget_remaining_hours_metric"
     labels = ("k", "alias")
     redis_client.hset(key(keys, 0, "g", name), series_of(labels), repr(NOW + 5400))
-    ex = Exposition(redis_client, keys, ENGINE)
+    ex = Exposition(redis_client, keys, ENGINE.schema)
     assert f'{name}{{api_key_alias="alias",hashed_api_key="k"}} 1.5\n'.encode() in ex.render("text", now=NOW)
     assert f'{name}{{api_key_alias="alias",hashed_api_key="k"}} -0.5\n'.encode() in ex.render("text", now=NOW + 7200)
 
@@ -517,7 +518,7 @@ def test_name_filter_like_restricted_registry(redis_client: redis.Redis, namespa
         ("h",) * len(ENGINE.label_names("litellm_request_total_latency_metric")): ([1] * 18, 2.25)
     }
     write_model(redis_client, keys, model, rng)
-    ex = Exposition(redis_client, keys, ENGINE)
+    ex = Exposition(redis_client, keys, ENGINE.schema)
     full = ex.render("text", now=NOW)
     registry = reference(model, full).restricted_registry(names)
     assert ex.render("text", frozenset(names), now=NOW) == generate_latest(registry)
@@ -551,7 +552,7 @@ def test_label_less_metrics_export_zero_until_set(redis_client: redis.Redis, nam
         cls = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}[m.kind]
         kwargs: dict[str, Any] = {"buckets": [*engine.upper_bounds(m.name), math.inf]} if m.kind == "histogram" else {}
         objects[m.name] = cls(m.name, m.documentation, names, registry=registry, **kwargs)
-    text = Exposition(redis_client, keys, engine).render("text", now=NOW)
+    text = Exposition(redis_client, keys, engine.schema).render("text", now=NOW)
     assert text == generate_latest(registry)
     # Once set, the stored value replaces the zero.
     redis_client.hset(key(keys, 0, "g", "litellm_teams_count", engine), "[]", "4")
@@ -560,9 +561,9 @@ def test_label_less_metrics_export_zero_until_set(redis_client: redis.Redis, nam
     counter = next(n for n, k in label_less.items() if k == "counter")
     redis_client.hincrbyfloat(key(keys, 0, "c", counter, engine), "[]", 2)
     objects[counter].inc(2)
-    text = Exposition(redis_client, keys, engine).render("text", now=NOW)
+    text = Exposition(redis_client, keys, engine.schema).render("text", now=NOW)
     assert text == generate_latest(registry)
-    assert assemble("openmetrics", Exposition(redis_client, keys, engine).render("openmetrics", now=NOW)) == (
+    assert assemble("openmetrics", Exposition(redis_client, keys, engine.schema).render("openmetrics", now=NOW)) == (
         om_exposition.generate_latest(registry)
     )
 
@@ -579,11 +580,11 @@ def test_read_paths_hscan_and_batched_pipelines(
     n = len(ENGINE.label_names(name))
     model.counters[name] = {(f"s{i}",) * n: float(i) for i in range(3000)}
     write_model(redis_client, keys, model, rng)
-    expected = Exposition(redis_client, keys, ENGINE).render("text", now=NOW)
+    expected = Exposition(redis_client, keys, ENGINE.schema).render("text", now=NOW)
     monkeypatch.setattr(exposition, "SCAN_THRESHOLD", 50)
     monkeypatch.setattr(exposition, "SCAN_COUNT", 100)
     monkeypatch.setattr(exposition, "PIPELINE_FIELDS", 40)
-    ex = Exposition(redis_client, keys, ENGINE)
+    ex = Exposition(redis_client, keys, ENGINE.schema)
     state = ex.read()
     assert state.round_trips > 20
     scanned = ex.render_state(state, "text", now=NOW)
@@ -602,7 +603,7 @@ def test_max_fields_leaves_the_largest_families_out_whole(redis_client: redis.Re
     n = len(ENGINE.label_names(big))
     model.counters[big] = {(f"s{i}",) * n: float(i) for i in range(3000)}
     write_model(redis_client, keys, model, rng)
-    ex = Exposition(redis_client, keys, ENGINE)
+    ex = Exposition(redis_client, keys, ENGINE.schema)
     full = ex.render("text", now=NOW)
     assert ex.omitted == {}
     fields = ex.read().fields
@@ -626,8 +627,8 @@ def test_label_cache_is_bounded_and_follows_changes(redis_client: redis.Redis, n
     k = key(keys, 0, "c", name)
     for i in range(50):
         redis_client.hset(k, series_of((f"s{i}",) * n), str(i))
-    small = Exposition(redis_client, keys, ENGINE, label_cache_size=10)
-    big = Exposition(redis_client, keys, ENGINE)
+    small = Exposition(redis_client, keys, ENGINE.schema, label_cache_size=10)
+    big = Exposition(redis_client, keys, ENGINE.schema)
     first = small.render("text", now=NOW)
     assert small.cached_series <= 10
     assert first == big.render("text", now=NOW) == small.render("text", now=NOW)
@@ -647,7 +648,7 @@ def test_malformed_fields_and_values_are_skipped(redis_client: redis.Redis, name
     k = key(keys, 0, "c", name)
     redis_client.hset(k, mapping={"not json": "1", '["too","short"]': "1", series_of(("ok",) * n): "2"})
     redis_client.hset(k, series_of(("bad value",) * n), "x")
-    ex = Exposition(redis_client, keys, ENGINE)
+    ex = Exposition(redis_client, keys, ENGINE.schema)
     text = ex.render("text", now=NOW)
     assert text.count(b"litellm_requests_metric_total{") == 1
     assert ex.skipped == 3
@@ -658,7 +659,7 @@ def test_needs_a_bytes_client(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         with pytest.raises(ValueError, match="decode_responses"):
-            Exposition(client, Keys("x"), ENGINE)
+            Exposition(client, Keys("x"), ENGINE.schema)
     finally:
         client.close()
 
@@ -688,7 +689,7 @@ def test_promtool_check_metrics(redis_client: redis.Redis, namespace: str) -> No
     keys = Keys(namespace, 2)
     model = random_model(rng, per_metric=3)
     write_model(redis_client, keys, model, rng)
-    text = Exposition(redis_client, keys, ENGINE).render("text", now=NOW)
+    text = Exposition(redis_client, keys, ENGINE.schema).render("text", now=NOW)
     assert text.count(b"\n") > 500
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     findings = {line.strip() for line in (proc.stdout + proc.stderr).decode().splitlines() if line.strip()}
@@ -743,7 +744,7 @@ def test_render_registry_concatenates(redis_client: redis.Redis, namespace: str)
         series_of(("v",) * len(ENGINE.label_names("litellm_requests_metric"))),
         1,
     )
-    ex = Exposition(redis_client, keys, ENGINE)
+    ex = Exposition(redis_client, keys, ENGINE.schema)
     for fmt in ("text", "openmetrics"):
         own = render_registry(registry, fmt)
         assert not own.endswith(EOF)
@@ -818,5 +819,5 @@ def test_repeated_label_names_like_prometheus_client(no_created: None) -> None:
     child.observe(0.001)
     child.observe(0.001)
     child._sum.set(0.5)
-    ex = Exposition(redis.Redis(), Keys("unused"), ENGINE)
+    ex = Exposition(redis.Redis(), Keys("unused"), ENGINE.schema)
     assert ex.render_state(state, "text", now=NOW) == generate_latest(registry)

@@ -59,7 +59,7 @@ class Shards:
         await ShardApplier(self.aclient, self.keys, shard, GROUP, "c").apply(batch, [], delta, time.time())
 
     def exported(self) -> dict[str, float]:
-        body = Exposition(self.client, self.keys, self.engine).render("text", frozenset({GAUGE}))
+        body = Exposition(self.client, self.keys, self.engine.schema).render("text", frozenset({GAUGE}))
         out = {}
         for fam in text_string_to_metric_families(body.decode()):
             for s in fam.samples:

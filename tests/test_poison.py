@@ -21,9 +21,9 @@ import redis.asyncio as aioredis
 from aggregator.apply import PendingEntry
 from aggregator.consumer import ShardConsumer
 from aggregator.daemon import Aggregator
-from aggregator.engine import truncate_label_value
 from aggregator.housekeeping import Housekeeper
 from aggregator.local_server import LocalServer
+from aggregator.schema import truncate_label_value
 from aggregator.settings import AggregatorSettings
 from aggregator.snapshot import read_families
 from aggregator.state import Delta
@@ -242,7 +242,7 @@ async def wait_drained(client: redis.Redis, stream: str, timeout: float = 20.0) 
 
 
 def check_totals(agg: Aggregator, client: redis.Redis, s: Stream) -> dict[str, int]:
-    families = read_families(client, s.keys, agg.engine)
+    families = read_families(client, s.keys, agg.schema)
     names = agg.engine.label_names("litellm_requests_metric")
     requests = {
         (labels[names.index("hashed_api_key")], labels[names.index("team")]): v
@@ -286,7 +286,7 @@ async def test_an_entry_mixing_good_and_bad_events_counts_only_the_good_ones_as_
     assert client.hget(s.keys.applied_by_producer(0), "mixed") == b"4"
     assert client.hget(s.keys.applied_by_producer(0), "clean") == b"1"
     assert agg.consumers[0].counters.events_applied == 5
-    families = read_families(client, s.keys, agg.engine)
+    families = read_families(client, s.keys, agg.schema)
     assert sum(families["litellm_requests_metric"].counters.values()) == 5
 
 
@@ -325,7 +325,7 @@ async def test_poison_is_dead_lettered_or_rejected_and_the_worker_keeps_going(
         reasons[reason] = reasons.get(reason, 0) + 1
     assert {k[5:]: v for k, v in stats.items() if k.startswith("dead_")} == reasons
     assert client.xpending(s.stream, GROUP)["pending"] == 0  # type: ignore[index]
-    families = read_families(client, s.keys, agg.engine)
+    families = read_families(client, s.keys, agg.schema)
     hostile = {labels for labels in families["litellm_requests_metric"].counters if "hostile" in labels}
     assert len(hostile) == len(HOSTILE)
 
@@ -358,7 +358,7 @@ async def test_enormous_sequence_numbers_do_not_stop_the_worker(
     await asyncio.sleep(1.0)  # several housekeeping rounds look at the gaps
     s.good("good", [success(key="k3")])
     await wait_drained(client, s.stream)
-    families = read_families(client, s.keys, agg.engine)
+    families = read_families(client, s.keys, agg.schema)
     names = agg.engine.label_names("litellm_requests_metric")
     by_key = {
         labels[names.index("hashed_api_key")]: v for labels, v in families["litellm_requests_metric"].counters.items()
@@ -415,7 +415,9 @@ async def test_an_engine_exception_costs_its_entry_not_the_batch(private_server:
         await consumer.client.aclose()
     assert client.hget(s.keys.metric(0, "c", "events:0"), '["all"]') == b"58"
     dead = [(f[b"dead_reason"], f[b"dead_detail"]) for _, f in client.xrange(s.keys.dead_letters(0))]
-    assert dead == [(b"engine_error", b"ZeroDivisionError: engine bug")]
+    # The detail names the event that raised (the second of the entry) for the bug report.
+    assert dead == [(b"engine_error", b"ZeroDivisionError: engine bug, event 1 (kind 'x')")]
+    assert consumer.counters.engine_errors == 1  # lsm_engine_errors_total
     assert consumer.counters.errors == 0
     client.close()
 

@@ -40,7 +40,7 @@ class Harness:
         self.keys = Keys(namespace)
         self.client = client
         self.aclient = aclient
-        self.limits: dict[str, MetricLimits] = build_limits(engine, 0)
+        self.limits: dict[str, MetricLimits] = build_limits(engine.schema, 0)
         self.applier = ShardApplier(aclient, self.keys, 0, GROUP, "c1")
         self.applier.limits = self.limits
         self.seq = 0
@@ -191,23 +191,25 @@ async def test_no_limits_configured_writes_no_index(
 
 def test_metrics_with_client_chosen_labels_have_the_default_cap() -> None:
     e = engine_with()
-    limits = build_limits(e, 20_000)
+    limits = build_limits(e.schema, 20_000)
     client_chosen = {"user_agent", "client_ip", "route", "mcp_tool_name", "mcp_server_name"}
     expected = {m.name for m in e.config.metrics() if client_chosen & set(m.labels)}
     assert {ml.name for ml in limits.values()} == expected
     assert {COUNTER, "litellm_proxy_total_requests_metric", "litellm_mcp_tool_calls_total"} <= expected
     assert "litellm_total_tokens_metric" not in expected and HISTOGRAM not in expected
     assert {(ml.general, ml.end_user) for ml in limits.values()} == {(Limit("ix", 20_000, None), None)}
-    assert build_limits(e, 0) == {}  # 0: no default cap (LiteLLM's behaviour)
+    assert build_limits(e.schema, 0) == {}  # 0: no default cap (LiteLLM's behaviour)
     # Custom metadata labels come from the request's metadata: their metrics are capped too.
     custom = engine_with(custom_prometheus_metadata_labels=["metadata.tenant"])
-    capped = {ml.name for ml in build_limits(custom, 20_000).values()}
+    capped = {ml.name for ml in build_limits(custom.schema, 20_000).values()}
     assert {"litellm_total_tokens_metric", HISTOGRAM} <= capped
 
 
 def test_a_configured_cap_is_kept_and_applies_to_every_metric() -> None:
     def limits(**settings: Any) -> dict[str, tuple[Limit | None, Limit | None]]:
-        return {ml.name: (ml.general, ml.end_user) for ml in build_limits(engine_with(**settings), 20_000).values()}
+        return {
+            ml.name: (ml.general, ml.end_user) for ml in build_limits(engine_with(**settings).schema, 20_000).values()
+        }
 
     # A configured cap wins, bigger or smaller than the default, with its TTL, on every metric.
     for cap in (500, 90_000):
@@ -236,7 +238,7 @@ async def test_the_default_cap_folds_new_series_into_the_overflow_series(
 ) -> None:
     e = engine_with()
     h = Harness(e, aclient, redis_client, namespace)
-    h.limits = h.applier.limits = build_limits(e, 3)
+    h.limits = h.applier.limits = build_limits(e.schema, 3)
     mkey = h.mkey(COUNTER)
     for i in range(1, 8):
         await h.apply(lambda d, i=i: d.inc(mkey, series(e, COUNTER, user_agent=f"scanner/{i}"), 1.0))

@@ -212,7 +212,7 @@ def test_aggregators_recover_from_redis_restarted_empty(
         assert int(client.hget(keys.applied_by_producer(0), em.producer_id) or 0) == sent_after, stats
         assert stats["events_applied"] == sent_after, stats
         engine = Engine(MetricsConfig.from_litellm_settings({}))
-        families = read_families(client, keys, engine)
+        families = read_families(client, keys, engine.schema)
         assert sum(families["litellm_requests_metric"].counters.values()) == sent_after
         # Counted once, though both aggregators saw it; nothing declared lost or duplicate: the
         # sequence numbers the producer wrote before the restart are accounted as such.

@@ -20,8 +20,9 @@ import sys
 from prometheus_client import CollectorRegistry, start_http_server
 
 from aggregator.budgets.jobs import BudgetJobs
-from aggregator.engine import Engine
+from aggregator.connections import open_async
 from aggregator.litellm_config import ConfigError, MetricsConfig
+from aggregator.schema import MetricSchema
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
 from producer.urls import safe_url
 
@@ -31,7 +32,7 @@ def _jobs(settings: AggregatorSettings, registry: CollectorRegistry) -> BudgetJo
         config = MetricsConfig.from_config_file(settings.litellm_config)
     else:
         config = MetricsConfig.from_litellm_settings({})
-    return BudgetJobs(settings, Engine(config, settings.max_label_value_length), registry)
+    return BudgetJobs(settings, MetricSchema(config, settings.max_label_value_length), registry)
 
 
 async def _run(settings: AggregatorSettings, metrics_port: int | None) -> None:
@@ -56,9 +57,7 @@ async def _once(settings: AggregatorSettings) -> int:
     jobs = _jobs(settings, CollectorRegistry())
     if not jobs.enabled:
         raise AggregatorConfigError("no budget source configured: set LSM_DATABASE_URL (or DATABASE_URL) or the API")
-    import redis.asyncio as aioredis
-
-    jobs.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout)
+    jobs.client = open_async(settings)
     try:
         report = await jobs.tick()
     finally:

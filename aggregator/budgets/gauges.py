@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from aggregator.budgets.model import BudgetRow, Counts, finite
-from aggregator.engine import Engine, sanitize
+from aggregator.schema import MetricSchema, sanitize
 from aggregator.state import format_number
 
 
@@ -86,8 +86,8 @@ def _labels(kind: str, row: BudgetRow) -> dict[str, str]:
 class GaugeBuilder:
     """Gauge writes for one metrics configuration."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, schema: MetricSchema) -> None:
+        self.schema = schema
         #: Rows whose value of a label had to be truncated (LSM_MAX_LABEL_VALUE_LENGTH), by label
         #: name, since ``take_truncated`` was last called.
         self.truncated: dict[str, int] = {}
@@ -101,28 +101,28 @@ class GaugeBuilder:
         """Metric keys of the enabled gauges a refresh of ``kind`` owns (and sweeps)."""
         km = KIND_METRICS[kind]
         names = [km.remaining, km.max_budget, km.hours] + ([km.members] if km.members else [])
-        return [mk for n in names if (mk := self.engine.metric_key(n)) is not None]
+        return [mk for n in names if (mk := self.schema.metric_key(n)) is not None]
 
     def enabled(self, kind: str) -> bool:
         """Whether a refresh of ``kind`` has anything to do. Customer gauges need LiteLLM's
         end-user opt-in, as in LiteLLM (without it ``end_user`` is never a real id)."""
-        if kind == "customers" and not self.engine.config.end_user_tracking:
+        if kind == "customers" and not self.schema.config.end_user_tracking:
             return False
         return bool(self.metric_keys(kind))
 
     def counts_enabled(self) -> bool:
-        return any(self.engine.metric_key(n) is not None for n in COUNT_METRICS)
+        return any(self.schema.metric_key(n) is not None for n in COUNT_METRICS)
 
     def _series(
         self, name: str, labels: Mapping[str, str], truncated: set[str] | None = None
     ) -> tuple[str, str] | None:
-        mkey = self.engine.metric_key(name)
+        mkey = self.schema.metric_key(name)
         if mkey is None:
             return None
         # The engine's own rule (label order, defaults "None"/"false" for the custom metadata and
         # tag labels LiteLLM adds to budget gauges, long values truncated), so both paths write
         # the same field.
-        series = self.engine._series(name, labels, truncated)
+        series = self.schema.series(name, labels, truncated)
         return None if series is None else (mkey, series)
 
     def row_ops(self, kind: str, rows: Iterable[BudgetRow]) -> list[Op]:

@@ -40,10 +40,10 @@ from redis.exceptions import RedisError
 from aggregator.budgets.gauges import GaugeBuilder
 from aggregator.budgets.model import KINDS, BudgetSource, IncompleteListing, SourceError
 from aggregator.budgets.writer import Fenced, FencedWriter, WriteStats
-from aggregator.engine import TRUNCATED_STAT, Engine
+from aggregator.connections import open_async
 from aggregator.lease import Lease, LeaseLost
+from aggregator.schema import TRUNCATED_STAT, MetricSchema
 from aggregator.settings import AggregatorSettings
-from producer.keys import Keys
 
 log = logging.getLogger("litellm_stream_metrics.budgets")
 
@@ -163,19 +163,19 @@ class BudgetJobs:
     def __init__(
         self,
         settings: AggregatorSettings,
-        engine: Engine,
+        schema: MetricSchema,
         registry: CollectorRegistry,
         *,
         source: BudgetSource | None = None,
         client: aioredis.Redis | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine
-        self.keys = Keys(settings.namespace, settings.shards)
+        self.schema = schema
+        self.keys = settings.keys
         self.owner = f"{settings.consumer_name}:{os.getpid()}"
         self.registry = registry
         self.metrics = BudgetMetrics(registry)
-        self.builder = GaugeBuilder(engine)
+        self.builder = GaugeBuilder(schema)
         self.source = source if source is not None else create_source(settings, default_customer_budget_id(settings))
         self._own_client = client is None
         self.client: aioredis.Redis | None = client
@@ -215,12 +215,7 @@ class BudgetJobs:
             log.info("budget refresh: no source configured (budget_source=%s)", self.settings.budget_source)
             return
         if self.client is None:
-            self.client = aioredis.Redis.from_url(
-                self.settings.redis_url,
-                socket_timeout=self.settings.socket_timeout,
-                socket_connect_timeout=self.settings.connect_timeout,
-                health_check_interval=30,
-            )
+            self.client = open_async(self.settings)
         self.scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         self.scheduler.add_job(
             self.tick,
