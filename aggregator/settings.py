@@ -12,10 +12,13 @@ import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
+from producer import envvars
+from producer.envvars import Alias, minutes_to_seconds
 from producer.keys import Keys, validate_namespace
 from producer.settings import DEFAULT_REDIS_URL
 from producer.urls import passwords_in, safe_url
@@ -41,7 +44,7 @@ class AggregatorConfigError(ValueError):
 class AggregatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    redis_url: str = DEFAULT_REDIS_URL
+    redis_url: Annotated[str, Alias("REDIS_URL")] = DEFAULT_REDIS_URL
     namespace: str = "lsm"
     shards: int = Field(1, ge=1, le=1024)
     group: str = Field("aggregators", min_length=1, max_length=128)
@@ -107,11 +110,15 @@ class AggregatorSettings(BaseModel):
     # a database URL is set, else "api" when an API base and master key are set, else "none".
     budget_source: str = "auto"
     # LiteLLM's database; LSM_DATABASE_URL, else LiteLLM's own DATABASE_URL variable.
-    database_url: SecretStr | None = None
+    # LiteLLM's own variable fills in when neither LSM_DATABASE_URL nor the settings file sets it.
+    database_url: Annotated[SecretStr | None, Alias("DATABASE_URL")] = None
     # Seconds between refreshes; default PROMETHEUS_BUDGET_METRICS_REFRESH_INTERVAL_MINUTES x 60
     # (LiteLLM's variable), else 300. Jitter: at most this many seconds early or late (default:
     # a tenth of the interval, at most 30 s) so that pods do not all wake at once.
-    budget_refresh_interval_seconds: float = Field(300.0, ge=0.1, le=7 * 86400)
+    # LiteLLM's variable (minutes) fills in when nothing else sets it.
+    budget_refresh_interval_seconds: Annotated[
+        float, Alias("PROMETHEUS_BUDGET_METRICS_REFRESH_INTERVAL_MINUTES", minutes_to_seconds)
+    ] = Field(300.0, ge=0.1, le=7 * 86400)
     budget_jitter_seconds: float | None = Field(None, ge=0)
     # The refresh lease: time to live (renewed every third of it while a refresh runs).
     budget_lease_seconds: float = Field(60.0, ge=0.5, le=3600)
@@ -231,22 +238,11 @@ class AggregatorSettings(BaseModel):
             if not isinstance(loaded, dict):
                 raise AggregatorConfigError(f"settings file {path} must hold a mapping of setting: value")
             values.update(loaded)
-        for name in cls.model_fields:
-            raw = env.get("LSM_" + name.upper(), "").strip()
-            if not raw and name == "redis_url":
-                raw = env.get("REDIS_URL", "").strip()
-            if not raw and name not in values and name == "database_url":
-                raw = env.get("DATABASE_URL", "").strip()  # LiteLLM's own variable
-            if not raw and name not in values and name == "budget_refresh_interval_seconds":
-                minutes = env.get("PROMETHEUS_BUDGET_METRICS_REFRESH_INTERVAL_MINUTES", "").strip()
-                try:
-                    raw = str(float(minutes) * 60) if minutes else ""
-                except ValueError:
-                    raise AggregatorConfigError(
-                        f"PROMETHEUS_BUDGET_METRICS_REFRESH_INTERVAL_MINUTES: {minutes!r} is not a number"
-                    ) from None
-            if raw:
-                values[name] = raw
+        try:
+            found = envvars.read(((name, _aliases(f)) for name, f in cls.model_fields.items()), env, values)
+        except envvars.AliasError as exc:
+            raise AggregatorConfigError(str(exc)) from None
+        values.update({name: raw for name, (_variable, raw) in found.items()})
         try:
             return cls(**values)
         except ValidationError as exc:
@@ -257,6 +253,10 @@ class AggregatorSettings(BaseModel):
             raise AggregatorConfigError(
                 safe_url(f"invalid aggregator settings: {problems}", url_secrets(values))
             ) from None
+
+
+def _aliases(info: FieldInfo) -> tuple[Alias, ...]:
+    return tuple(m for m in info.metadata if isinstance(m, Alias))
 
 
 URL_SETTINGS = ("redis_url", "database_url", "litellm_api_base")

@@ -8,9 +8,13 @@ proxy start with a message that names the variable and what it accepts.
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Annotated
 
+from producer import envvars
+from producer.envvars import Alias
 from producer.keys import validate_namespace
 from producer.urls import passwords_in, safe_url
 
@@ -25,7 +29,7 @@ class ProducerConfigError(ValueError):
 class ProducerSettings:
     """Everything the producer can be told. Durations are in seconds."""
 
-    redis_url: str = DEFAULT_REDIS_URL
+    redis_url: Annotated[str, Alias("REDIS_URL")] = DEFAULT_REDIS_URL
     namespace: str = "lsm"
     shards: int = 1
     # Buffer bounds: an event that would exceed either is dropped (reason buffer_full_*).
@@ -95,39 +99,35 @@ class ProducerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerSettings:
-        """Read ``LSM_<FIELD>`` variables (``LSM_REDIS_URL`` falls back to ``REDIS_URL``)."""
+        """Read ``LSM_<FIELD>`` variables and the aliases declared on the fields (producer/envvars.py)."""
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(_env_name(f.name), "").strip()
-            if not raw and f.name == "redis_url":
-                # An empty LSM_REDIS_URL (e.g. an unset compose variable) means "not given".
-                raw = env.get("REDIS_URL", "").strip()
-            if not raw:
-                continue
-            values[f.name] = _parse(f.name, f.type, raw)
+        hints = {f.name: envvars.declared(typing.get_type_hints(cls, include_extras=True)[f.name]) for f in fields(cls)}
+        found = envvars.read(((name, aliases) for name, (_kind, aliases) in hints.items()), env)
+        values = {name: _parse(variable, hints[name][0], raw) for name, (variable, raw) in found.items()}
         return cls(**values)  # type: ignore[arg-type]
 
 
 def _env_name(field_name: str) -> str:
-    return "LSM_" + field_name.upper()
+    return envvars.primary(field_name)
 
 
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
-def _parse(name: str, type_name: object, raw: str) -> object:
-    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
-    if kind == "bool":
+def _parse(variable: str, kind: type, raw: str) -> object:
+    """``raw`` as the field's type (``bool``, ``int``, ``float`` or ``str``)."""
+    if kind is bool:
         value = _BOOLEANS.get(raw.lower())
         if value is None:
-            raise ProducerConfigError(f"{_env_name(name)}={raw!r} is not a boolean (use true or false)")
+            raise ProducerConfigError(f"{variable}={raw!r} is not a boolean (use true or false)")
         return value
     try:
-        if kind == "int":
+        if kind is int:
             return int(raw.replace("_", ""))
-        if kind == "float":
+        if kind is float:
             return float(raw)
     except ValueError:
-        raise ProducerConfigError(f"{_env_name(name)}={raw!r} is not a valid {kind}") from None
+        raise ProducerConfigError(f"{variable}={raw!r} is not a valid {kind.__name__}") from None
+    if kind is not str:
+        raise TypeError(f"no parser for settings of type {kind!r}")
     return raw
