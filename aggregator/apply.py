@@ -12,7 +12,7 @@ a crash at any instruction leaves the batch either wholly applied or not at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -67,7 +67,15 @@ class BatchApplyError(RuntimeError):
 class ShardApplier:
     """Applies batches of one shard's stream for one consumer of the group."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, shard: int, group: str, consumer: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        shard: int,
+        group: str,
+        consumer: str,
+        limits: Mapping[str, MetricLimits] | None = None,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.shard = shard
@@ -75,7 +83,7 @@ class ShardApplier:
         self.consumer = consumer
         self._script = client.register_script(_SCRIPT)
         #: metric key -> series caps / TTL (see series_limits.py); empty: no limits.
-        self.limits: dict[str, MetricLimits] = {}
+        self.limits: dict[str, MetricLimits] = dict(limits or {})
         # (kind, metric key) -> the Redis key of that hash in this shard (formatted once).
         self._metric_keys: dict[tuple[str, str], str] = {}
 

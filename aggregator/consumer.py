@@ -49,6 +49,7 @@ from redis.exceptions import ResponseError
 from aggregator.apply import ApplyResult, DeadEntry, PendingEntry, ShardApplier
 from aggregator.gc_pause import GC_PAUSE, paused_gc
 from aggregator.housekeeping import Housekeeper
+from aggregator.series_limits import MetricLimits
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
 from producer.wire import F_DATA, F_PRODUCER, F_SEQ, WireError, decode_entry
@@ -103,6 +104,9 @@ class ShardConsumer:
         shard: int,
         build_delta: DeltaBuilder,
         schemas: Mapping[str, Sequence[str]] | None = None,
+        *,
+        limits: Mapping[str, MetricLimits] | None = None,
+        gauge_keys: Sequence[str] = (),
     ) -> None:
         self.client = client
         # metric key -> label names, recorded in the shard's ``schemas`` hash at start.
@@ -114,10 +118,10 @@ class ShardConsumer:
         self.group = settings.group
         self.consumer = settings.consumer_name
         self.build_delta = build_delta
-        self.applier = ShardApplier(client, self.keys, shard, self.group, self.consumer)
+        self.applier = ShardApplier(client, self.keys, shard, self.group, self.consumer, limits)
         self._touch = client.register_script(_TOUCH)
         self._shard_state = client.register_script(_SHARD_STATE)
-        self.housekeeper = Housekeeper(client, self.keys, shard, settings)
+        self.housekeeper = Housekeeper(client, self.keys, shard, settings, limits, gauge_keys)
         self.counters = ConsumerCounters()
         # The most events one entry held in the last batch (before the first: a producer's
         # default batch size), to read about settings.apply_max_events events at a time.

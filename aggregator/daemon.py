@@ -46,16 +46,14 @@ class Aggregator:
         self.schema = schema = self.engine.schema
         self.client = open_async(settings, idempotent=True)
         schemas = {mkey: schema.labels[name] for name, mkey in schema.keys.items()}
-        self.consumers = [
-            ShardConsumer(self.client, settings, shard, self.engine.build_delta, schemas)
-            for shard in range(settings.shards)
-        ]
         limits = build_limits(schema, settings.max_series_per_metric)
         gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := schema.metric_key(m.name))]
-        for c in self.consumers:
-            c.applier.limits = limits
-            c.housekeeper.limits = limits
-            c.housekeeper.gauge_keys = gauge_keys
+        self.consumers = [
+            ShardConsumer(
+                self.client, settings, shard, self.engine.build_delta, schemas, limits=limits, gauge_keys=gauge_keys
+            )
+            for shard in range(settings.shards)
+        ]
         self.stop = asyncio.Event()
         self.leadership = Leadership(self.client, settings.keys, settings.consumer_name, settings.leader_lease_seconds)
         self.exporter = Exporter(settings, schema, self.consumers, self.leadership)

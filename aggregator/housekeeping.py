@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -35,7 +36,15 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
 
 
 class Housekeeper:
-    def __init__(self, client: aioredis.Redis, keys: Keys, shard: int, settings: AggregatorSettings) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        shard: int,
+        settings: AggregatorSettings,
+        limits: Mapping[str, MetricLimits] | None = None,
+        gauge_keys: Sequence[str] = (),
+    ) -> None:
         self.client = client
         self.keys = keys
         self.shard = shard
@@ -46,10 +55,10 @@ class Housekeeper:
         self.lost = 0
         self.consumers_removed = 0
         self.retired = 0
-        #: Series caps/TTLs (series_limits.py); set by the daemon, empty: none.
-        self.limits: dict[str, MetricLimits] = {}
-        #: Metric keys of the gauges, whose old removal records are forgotten; set by the daemon.
-        self.gauge_keys: list[str] = []
+        #: Series caps/TTLs (series_limits.py); empty: none.
+        self.limits: dict[str, MetricLimits] = dict(limits or {})
+        #: Metric keys of the gauges, whose old removal records are forgotten.
+        self.gauge_keys: list[str] = list(gauge_keys)
         self.removals_forgotten = 0
         self._forget = client.register_script(_FORGET)
         self._next_forget = 0.0

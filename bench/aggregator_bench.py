@@ -170,9 +170,14 @@ async def apply_backlog(
     engine = Engine(config)
     client = open_async(settings, idempotent=True)
     split = CpuSplit()
-    consumer = ShardConsumer(client, settings, 0, split.timed("engine", engine.build_delta))
+    consumer = ShardConsumer(
+        client,
+        settings,
+        0,
+        split.timed("engine", engine.build_delta),
+        limits=build_limits(engine.schema, max_series_per_metric),
+    )
     # Series caps as the daemon sets them (LSM_MAX_SERIES_PER_METRIC; 0: none).
-    consumer.applier.limits = build_limits(engine.schema, max_series_per_metric)
     consumer_module.decode_entry = split.timed("decode", decode_entry)  # type: ignore[attr-defined]
     encode = ShardApplier._encode
     ShardApplier._encode = split.timed("encode", encode)  # type: ignore[method-assign]
