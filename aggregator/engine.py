@@ -1,12 +1,13 @@
 """The metric engine: pure functions from events to metric deltas.
 
 For every event kind, the same metrics with the same label values and sample values as
-LiteLLM 1.110.2's ``PrometheusLogger`` (spec ``litellm-prometheus.md``), except where LiteLLM
+LiteLLM 1.110.2's ``PrometheusLogger`` (``litellm/integrations/prometheus.py``), except where LiteLLM
 has a plain bug (``docs/compatibility.md``). An event is applied wholly or not at all: its
 values are read and checked first and only added to the batch delta when nothing was invalid.
 
-Label values are stored as LiteLLM renders them: sanitised (spec §2.1) and ``None`` as the
-string ``"None"``; then a value longer than ``max_label_value_length`` bytes
+Label values are stored as LiteLLM renders them: sanitised (LiteLLM's
+``sanitize_prometheus_label_value``) and ``None`` as the string ``"None"``; then a value
+longer than ``max_label_value_length`` bytes
 (``LSM_MAX_LABEL_VALUE_LENGTH``) is cut and ends with a digest of the whole value
 (:func:`truncate_label_value`), in every series whatever the path. ``end_user`` is ``"None"``
 unless the configuration opts in (LiteLLM's ``enable_end_user_cost_tracking_prometheus_only``),
@@ -286,8 +287,9 @@ _USAGE_COUNTERS = (
 )
 # Indices into the padded ``headers`` and ``budget`` lists of a success event.
 _H = {name: i for i, name in enumerate(wire.HEADER_FIELDS)}
-_B = {name: i for i, name in enumerate(wire.BUDGET_FIELDS)}
-_N_HEADERS, _N_BUDGET, _N_USAGE = len(wire.HEADER_FIELDS), len(wire.BUDGET_FIELDS), len(wire.USAGE_FIELDS)
+_B = {name: i for i, name in enumerate((*wire.BUDGET_FIELDS, *wire.BUDGET_FLAGS))}
+_N_HEADERS, _N_USAGE = len(wire.HEADER_FIELDS), len(wire.USAGE_FIELDS)
+_N_BUDGET = len(wire.BUDGET_FIELDS) + len(wire.BUDGET_FLAGS)
 # (limit header, remaining header, first value slot) of each v3 rate limit.
 _V3_HEADERS = tuple(
     (_H[f"x-ratelimit-{d}-limit-{h}"], _H[f"x-ratelimit-{d}-remaining-{h}"], _V3 + 2 * i)
@@ -593,7 +595,8 @@ class Engine:
 
     @staticmethod
     def _budget_values(v: list[Any], ev: Mapping[str, Any], cost: float) -> None:
-        """Per-request budget gauges (spec §4), from the raw inputs the proxy carried. An unknown
+        """Per-request budget gauges (LiteLLM's
+        ``_set_*_budget_metrics_after_api_request``), from the raw inputs the proxy carried. An unknown
         spend or budget is not reported (LiteLLM reports it as zero spend or +Inf;
         docs/compatibility.md)."""
         raw = ev.get("budget")
@@ -614,7 +617,8 @@ class Engine:
             _user_alias,
             org_spend,
             org_max,
-        ) = raw if len(raw) == _N_BUDGET else _padded(raw, _N_BUDGET)  # wire.BUDGET_FIELDS, in order
+            _user_snapshot,
+        ) = raw if len(raw) == _N_BUDGET else _padded(raw, _N_BUDGET)  # wire.BUDGET_FIELDS + BUDGET_FLAGS
         g = ev.get
         if g("hashed_api_key"):
             _budget_gauges(v, _BUDGET, key_spend, key_max, key_reset, cost)
@@ -632,7 +636,7 @@ class Engine:
     @staticmethod
     def _limit_values(v: list[Any], ev: Mapping[str, Any], headers: Sequence[Any]) -> None:
         """Remaining requests/tokens of the key for the model (legacy limiter, else the v3
-        limiter's header; none: LiteLLM exports sys.maxsize, spec §7.7), and the v3 limiter's
+        limiter's header; none: LiteLLM exports sys.maxsize), and the v3 limiter's
         allowed/used gauges (a missing limit/remaining pair removes the series)."""
         g = ev.get
         for slot, name, header_at in _KEY_REMAINING:
@@ -721,9 +725,10 @@ class Engine:
         has_deployment = bool(g("has_deployment"))
         original = g("original_model_group")
         budget = g("budget")
-        user_alias = None
+        user_alias = user_snapshot = None
         if isinstance(budget, list) and g("user"):
-            user_alias = _padded(budget, _N_BUDGET)[_B["user_api_key_user_alias"]]
+            padded = _padded(budget, _N_BUDGET)
+            user_alias, user_snapshot = padded[_B["user_api_key_user_alias"]], padded[_B["user_snapshot"]]
         mcp_tool, mcp_server = g("mcp_tool"), g("mcp_server")
         key = (
             *map(g, self._success_label_fields),
@@ -735,10 +740,14 @@ class Engine:
             g("key_model_group"),
             isinstance(budget, list),
             user_alias,
+            user_snapshot,
             (g("deployment_model_id"), g("deployment_provider")) if has_deployment else None,
             None if mcp_tool is None and mcp_server is None else (sanitize(mcp_tool), sanitize(mcp_server)),
         )
-        plan = self._plans.get(key)
+        try:
+            plan = self._plans.get(key)
+        except TypeError:  # a label value that is a list or an object: not one LiteLLM could log
+            raise InvalidEvent("malformed") from None
         if plan is None:
             # A key holding a long label value is remembered by the value's digest instead: the
             # cache must not keep long values alive. Such an event always misses the lookup
@@ -900,11 +909,14 @@ class Engine:
         if g("team"):
             sets["budget_team"] = {"team": sanitize(g("team")), "team_alias": sanitize(g("team_alias") or "")}
         if g("user"):
-            user_alias = _padded(g("budget"), _N_BUDGET)[_B["user_api_key_user_alias"]]
+            budget = _padded(g("budget"), _N_BUDGET)
+            # LiteLLM's labels: the request's email and the snapshot's alias when the request
+            # carried the user's budget snapshot, else those of a user lookup (no database: "").
+            carried = budget[_B["user_snapshot"]] != 0  # null: a 2.0 producer, read as carried
             sets["budget_user"] = {
                 "user": sanitize(g("user")),
-                "user_email": sanitize(g("user_email") or ""),
-                "user_alias": sanitize(user_alias or ""),
+                "user_email": sanitize((g("user_email") if carried else None) or ""),
+                "user_alias": sanitize((budget[_B["user_api_key_user_alias"]] if carried else None) or ""),
             }
         if g("org_id"):
             sets["budget_org"] = {"org_id": sanitize(g("org_id")), "org_alias": sanitize(g("org_alias") or "")}

@@ -1,5 +1,5 @@
 """Series caps and idle-series retirement (LiteLLM's ``prometheus_metrics_max_series_per_metric``,
-``prometheus_metrics_ttl_seconds`` and the end-user cap/TTL, spec §3.1), enforced in Redis.
+``prometheus_metrics_ttl_seconds`` and the end-user cap/TTL; docs/metrics-endpoint.md), enforced in Redis.
 
 A limited metric keeps an index hash per shard, ``ix:<metric key>`` (``ixe:`` for series that
 carry an end user): series -> time of its last update. The apply script admits a new series only

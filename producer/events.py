@@ -174,7 +174,7 @@ def exception_status(exc: object, with_code_fallback: bool = True) -> str | None
 
 
 def exception_class(exc: object) -> str | None:
-    """LiteLLM's ``_get_exception_class_name`` (spec §2.6), without its per-call import."""
+    """LiteLLM's ``_get_exception_class_name``, without its per-call import."""
     if not isinstance(exc, BaseException):
         return None
     legacy = getattr(exc, "prometheus_exception_class_name", None)
@@ -260,8 +260,13 @@ def _budget(pmd: Mapping[str, Any]) -> list[Any] | None:
     """The ``budget`` list (``wire.BUDGET_FIELDS``): the request-metadata budget inputs, raw
     (absent = null); None when the request carries none (plain SDK use)."""
     if "user_api_key_spend" in pmd or "user_api_key_team_spend" in pmd or "user_api_key_user_spend" in pmd:
-        return list(map(pmd.get, wire.BUDGET_FIELDS))
+        values = list(map(pmd.get, wire.BUDGET_FIELDS))
+        values.append(1 if _USER_SNAPSHOT_KEYS.issubset(pmd.keys()) else 0)  # wire.BUDGET_FLAGS
+        return values
     return None
+
+
+_USER_SNAPSHOT_KEYS = frozenset(wire.USER_SNAPSHOT_KEYS)
 
 
 # Where the success event's copied fields come from, in wire order (wire.SUCCESS_FIELDS).
@@ -345,7 +350,7 @@ def success_event(
         None if end_time is kend else end_time if isinstance(end_time, datetime) else False,
         pmd.get("queue_time_seconds"),
         _usage(usage) if type(usage) is dict else None,
-        # LiteLLM skips the deployment block when SLP lacks these keys (spec §5).
+        # LiteLLM skips the deployment block when SLP lacks these keys (``set_llm_deployment_success_metrics``).
         "api_base" in slp and "additional_headers" in hidden,
         lp.get("custom_llm_provider"),
         model_info.get("id"),

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 WIRE_MAJOR = 2
-WIRE_MINOR = 0
+WIRE_MINOR = 1
 #: Majors this reader decodes: 1.x entries (from producers before 2.0) are still read.
 READABLE_MAJORS = (1, 2)
 WIRE_VERSION = f"{WIRE_MAJOR}.{WIRE_MINOR}"
@@ -220,7 +220,8 @@ HEADER_FIELDS = (
     *(f"x-ratelimit-{d}-{part}-{h}" for d, h, _t in V3_RATE_LIMITS for part in ("limit", "remaining")),
 )
 # The ``budget`` list of a success event: these request-metadata keys, raw (absent = null), in
-# this order. Readers resolve them as LiteLLM does (spec §4): spend excludes this call's cost; a
+# this order. Readers resolve them as LiteLLM does (its ``_set_*_budget_metrics_after_api_request``;
+# docs/compatibility.md, divergences 3 and 6): spend excludes this call's cost; a
 # max budget falls back to the ``table`` value auth carried. Reset times are ISO 8601 text or
 # numbers as the proxy carried them (a datetime without offset is UTC).
 BUDGET_FIELDS = (
@@ -239,6 +240,20 @@ BUDGET_FIELDS = (
     "user_api_key_org_spend",
     "user_api_key_org_max_budget",
 )
+# The request-metadata keys of LiteLLM's user budget snapshot (``UserBudgetSnapshot``): auth
+# writes all three (values may be null) when it resolved the user; custom auth or a skipped
+# budget check writes none. With the snapshot LiteLLM labels the user budget gauges with the
+# request's user email and the snapshot's alias; without one it looks the user up (no database:
+# both labels empty).
+USER_SNAPSHOT_KEYS = (
+    "user_api_key_user_budget_reset_at",
+    "user_api_key_user_table_max_budget",
+    "user_api_key_user_alias",
+)
+# Flags after the ``budget`` list's metadata values (wire 2.1): ``user_snapshot`` is 1 when the
+# request carried every key of USER_SNAPSHOT_KEYS, else 0. Absent (a 2.0 producer): unknown,
+# read as carried (the labels 2.0 readers gave).
+BUDGET_FLAGS = ("user_snapshot",)
 
 
 def headers_as_dict(values: object) -> dict[str, Any]:
@@ -279,7 +294,7 @@ def _seconds(end: datetime | None, start: datetime | None) -> float | None:
 
 def derive_latencies(event: dict[str, Any]) -> None:
     """Replace the raw times of a decoded 2.x success event by the 1.x latency fields, computed
-    exactly as LiteLLM's logger computes them (spec §1.2)."""
+    exactly as LiteLLM's logger computes them (``PrometheusLogger.async_log_success_event``)."""
     end = _time(event.pop("end_time", None))
     start = _time(event.pop("start_time", None))
     api_start = _time(event.pop("api_call_start_time", None))

@@ -77,3 +77,31 @@ def test_no_import_circle() -> None:
         if module not in state:
             visit(module, [module])
     assert circles == [], "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_references_lead_to_the_repository() -> None:
+    """Facts the code relies on are cited from the repository (docs/, LiteLLM's installed code),
+    not from texts outside it ("spec §2.1", "issue 3")."""
+    import re
+
+    outside = re.compile(r"spec §|\(spec §|\(spec `|§\s?\d|\bissue \d+\b", re.IGNORECASE)
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md"]
+    for folder, patterns in {
+        "producer": ("*.py",),
+        "aggregator": ("*.py", "*.lua"),
+        "tests": ("*.py",),
+        "bench": ("*.py",),
+        "docs": ("*.md",),
+        "deploy": ("*.yml", "*.yaml", "*.md"),
+    }.items():
+        for pattern in patterns:
+            files += sorted((ROOT / folder).rglob(pattern))
+    this = Path(__file__).resolve()
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in files
+        if path.resolve() != this
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert found == [], "\n".join(found)

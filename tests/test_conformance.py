@@ -1,4 +1,4 @@
-"""Conformance with LiteLLM 1.110.2's own ``PrometheusLogger`` (issue 3).
+"""Conformance with LiteLLM 1.110.2's own ``PrometheusLogger`` (docs/compatibility.md).
 
 One sequence of hook calls is captured once from real LiteLLM (``Router.acompletion`` and
 ``litellm.acompletion`` with ``mock_response``, streaming and not, successes, LLM failures,
@@ -13,7 +13,7 @@ into
 
 for several configurations, and the samples (name, label set, value) are diffed. Every
 difference must be one of the documented, intended divergences (``docs/compatibility.md``);
-for the seed metric set there must be none at all (§7.9's cooled-down counter aside, which
+for the seed metric set there must be none at all (the cooled-down counter aside, which
 LiteLLM cannot record when custom labels are configured).
 
 The divergences that need inputs the main sequence deliberately avoids (raw ``sk-`` keys,
@@ -27,11 +27,13 @@ import asyncio
 import copy
 import hashlib
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import litellm
@@ -48,6 +50,7 @@ from aggregator.litellm_config import MetricsConfig, PrometheusSettings
 from aggregator.schema import RESET_TIME_GAUGES
 from aggregator.settings import AggregatorSettings
 from aggregator.snapshot import read_families
+from producer import wire
 from producer.callback import StreamMetricsLogger
 from producer.keys import Keys
 from tests.support import settings_for
@@ -55,7 +58,7 @@ from tests.support import settings_for
 # --------------------------------------------------------------------------------------------
 # What is compared
 
-#: The seed metric set of issue 3: zero differences expected (families, as exported).
+#: The seed metric set (docs/compatibility.md, "How we checked"): zero differences expected (families, as exported).
 SEED_FAMILIES = frozenset(
     {
         "litellm_requests_metric",
@@ -202,6 +205,9 @@ BOB = Who(sha("sk-conf-bob"), "bob-key", "team-blue", None, "u-bob", None, "org-
 HOSTILE = 'q"uo\\te\nnew\rline\u2028sep\u2029 ' + "x" * 300
 CAROL = Who(sha("sk-conf-carol"), 'ca"rol\\key\nx\r\u2028y\u2029', "team-red", "Red Team", "u-carol", None)
 NOBODY = Who(sha("sk-conf-nobody"), None)
+# A user whose auth carried no user budget snapshot (custom auth): LiteLLM's user budget gauges
+# then take their email and alias labels from a user lookup (no database here: empty).
+DAVE = Who(sha("sk-conf-dave"), "dave-key", None, None, "u-dave", "dave@example.com")
 
 RESET_SOON = (datetime.now(timezone.utc) + timedelta(days=3, hours=5)).isoformat()
 RESET_LATER = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -214,8 +220,10 @@ def proxy_metadata(
     tags: Sequence[str] = (),
     queue: float | None = None,
     extra: Mapping[str, Any] | None = None,
+    user_snapshot: bool = True,
 ) -> dict[str, Any]:
-    """Request metadata as the proxy's pre-call setup writes it, budgets carried by auth."""
+    """Request metadata as the proxy's pre-call setup writes it, budgets carried by auth
+    (``user_snapshot=False``: without the user's budget snapshot, as custom auth leaves it)."""
     md: dict[str, Any] = {
         "user_api_key_hash": who.key,
         "user_api_key_alias": who.alias,
@@ -254,6 +262,9 @@ def proxy_metadata(
     if queue is not None:
         md["queue_time_seconds"] = queue
     md.update(extra or {})
+    if not user_snapshot:
+        for key in wire.USER_SNAPSHOT_KEYS:
+            del md[key]
     return md
 
 
@@ -501,6 +512,10 @@ async def _capture_traffic() -> list[Call]:
             ),
         )
         await success("chat-mini", proxy_metadata(NOBODY, 0.0, queue=-1.0))
+        await success(
+            "chat-mini",
+            proxy_metadata(DAVE, 0.3, user_snapshot=False, extra={"user_api_key_user_max_budget": 20.0}),
+        )
         # A plain SDK call (no router, no proxy metadata at all).
         before = len(recorder.calls)
         await litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="plain sdk call")
@@ -869,11 +884,66 @@ def diff(run: Run) -> list[Difference]:
     return out
 
 
+#: The intended divergences: number -> (heading on docs/compatibility.md under "Intended
+#: divergences", the tests that show it). The page and this table must match
+#: (test_every_intended_divergence_is_on_the_page); a Divergence that excuses a difference in the
+#: comparison below names its number.
+INTENDED_DIVERGENCES: dict[int, tuple[str, tuple[str, ...]]] = {
+    1: ("`hashed_api_key` is always the SHA-256 of the key", ("test_conformance.py::test_intended_divergences",)),
+    2: (
+        "`litellm_deployment_cooled_down` is counted when custom labels are configured (LiteLLM bug)",
+        ("test_conformance.py::test_same_samples_as_litellm",),
+    ),
+    3: (
+        "An unknown spend or budget is not reported (LiteLLM reports zero spend or +Inf)",
+        ("test_conformance.py::test_intended_divergences",),
+    ),
+    4: (
+        '"Hours until budget reset" is computed when Prometheus scrapes',
+        (
+            "test_engine.py::test_reset_time_becomes_hours_at_exposition",
+            "test_exposition.py::test_reset_time_gauges_are_hours_from_now",
+        ),
+    ),
+    5: (
+        "No router-usage fallback for `litellm_remaining_{requests,tokens}_metric`",
+        ("test_conformance.py::test_intended_divergences",),
+    ),
+    6: (
+        "No database or proxy-cache look-ups per request",
+        ("test_engine.py::test_user_budget_labels_follow_the_user_snapshot",),
+    ),
+    7: (
+        "Gauges keep the value of the newest event, not of the last one processed",
+        ("test_conformance.py::test_gauges_follow_event_time_not_arrival",),
+    ),
+    8: (
+        "When a series exists",
+        (
+            "test_exposition.py::test_label_less_metrics_export_zero_until_set",
+            "test_series_limits.py::test_the_default_cap_folds_new_series_into_the_overflow_series",
+        ),
+    ),
+    9: (
+        "Invalid inputs: the whole event or just one gauge, never half an event",
+        (
+            "test_engine.py::test_poison_event_is_rejected_whole",
+            "test_engine.py::test_unusable_optional_input_skips_only_its_metric",
+        ),
+    ),
+    10: (
+        "Long label values are cut to 1024 bytes",
+        ("test_engine.py::test_long_values_are_cut_on_every_path_that_makes_a_series",),
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Divergence:
-    """An intended, documented difference (docs/compatibility.md)."""
+    """An intended difference: ``item`` is its number in INTENDED_DIVERGENCES."""
 
     name: str
+    item: int
     matches: Callable[[Difference, Mapping[str, Any]], bool]
 
 
@@ -882,13 +952,32 @@ def _custom_labels_configured(settings: Mapping[str, Any]) -> bool:
 
 
 INTENDED = (
-    # §7.9: LiteLLM's increment_deployment_cooled_down raises "Incorrect label count" when custom
+    # LiteLLM's increment_deployment_cooled_down raises "Incorrect label count" when custom
     # labels or tags are configured; we count the cooldown.
     Divergence(
         "cooled_down_counted_with_custom_labels",
+        2,
         lambda d, s: d.family == "litellm_deployment_cooled_down" and d.theirs is None and _custom_labels_configured(s),
     ),
 )
+
+
+def _page_divergences() -> dict[int, str]:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "compatibility.md").read_text()
+    section = page.split("\n## Intended divergences\n", 1)[1].split("\n## ", 1)[0]
+    return {int(n): title for n, title in re.findall(r"^### (\d+)\. (.+)$", section, flags=re.MULTILINE)}
+
+
+def test_every_intended_divergence_is_on_the_page() -> None:
+    """docs/compatibility.md lists exactly the divergences the tests know, each shown by a test
+    that exists; every difference the comparison excuses is one of them."""
+    assert _page_divergences() == {n: title for n, (title, _tests) in INTENDED_DIVERGENCES.items()}
+    tests_dir = Path(__file__).resolve().parent
+    for n, (_title, tests) in INTENDED_DIVERGENCES.items():
+        for ref in tests:
+            file, _, name = ref.partition("::")
+            assert f"def {name}(" in (tests_dir / file).read_text(), f"divergence {n}: {ref} does not exist"
+    assert {div.item for div in INTENDED} <= set(INTENDED_DIVERGENCES)
 
 
 def unexplained(differences: Sequence[Difference], settings: Mapping[str, Any]) -> list[Difference]:
@@ -928,7 +1017,7 @@ async def test_same_samples_as_litellm(
     report = "\n".join(str(d) for d in left)
     assert not left, f"{len(left)} unexplained differences with {config_name}:\n{report}"
     if _custom_labels_configured(settings):
-        # The only difference: LiteLLM could not count the cooldowns (spec §7.9), we did.
+        # The only difference: LiteLLM could not count the cooldowns (divergence 2), we did.
         assert {d.family for d in differences} == {"litellm_deployment_cooled_down"}
         assert all(d.theirs is None and d.ours for d in differences)
         cooldown_errors = [e for method, e in run.litellm_errors if method == "increment_deployment_cooled_down"]

@@ -1,6 +1,6 @@
 """The metric engine, table-driven: one event in, the exact series and delta out.
 
-For every metric family of the seed set (issue 3) a wire event (dict form, ``producer.wire``)
+For every metric family of the seed set (docs/compatibility.md) a wire event (dict form, ``producer.wire``)
 and the series it must touch, with LiteLLM's label values and the counter increment, gauge value
 or histogram observation. Then poison events (rejected whole and counted, nothing applied) and
 hostile label values (sanitised exactly like LiteLLM's ``sanitize_prometheus_label_value``).
@@ -1044,6 +1044,7 @@ SELECTORS: list[tuple[str, dict[str, Any]]] = [
     ("custom_labels", {"custom_labels": {"metadata_tenant": "t2"}}),
     ("tag_labels", {"tag_labels": {"tag_prod": "false"}}),
     ("stream", {"stream": True}),
+    ("no_user_snapshot", {"budget": [*budget(user_api_key_user_alias="Ann"), 0]}),
 ]
 
 
@@ -1144,3 +1145,50 @@ def test_budget_fields_are_in_the_order_the_engine_unpacks() -> None:
              "team_budget_reset_at", "user_spend", "user_max_budget", "user_table_max_budget", "user_budget_reset_at",
              "user_alias", "org_spend", "org_max_budget")  # fmt: skip
     assert tuple(f"user_api_key_{n}" for n in names) == wire.BUDGET_FIELDS
+
+
+#: Values no producer writes for a field, which a stream writer could.
+ODD_VALUES: list[Any] = [["x"], {"a": 1}, [[1]], {"a": [1]}, 10**30, -(10**30), math.nan, True, "", None, ("t",)]
+
+
+def _field_names() -> list[str]:
+    """Every field name the engine reads from an event (``ev.get("...")``, ``g("...")``)."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "aggregator" / "engine.py").read_text()
+    return sorted(set(re.findall(r'(?:ev\.get|\bg)\("([a-z_0-9]+)"', source)) | set(wire.SUCCESS_FIELDS))
+
+
+@pytest.mark.parametrize("kind", sorted(wire.EVENT_KINDS))
+def test_odd_field_values_are_applied_or_rejected_never_raised(kind: str) -> None:
+    """An engine exception is reported as a bug (the entry is dead-lettered as engine_error), so
+    no event a stream writer can craft may raise one: each is applied or rejected with a reason."""
+    names = _field_names()
+    base: dict[str, Any] = success() if kind == wire.SUCCESS else {"kind": kind, "t": T, **WHERE}
+    for name in names:
+        for odd in ODD_VALUES:
+            event = {**base, name: odd}
+            delta = Delta()
+            assert ENGINE.add_event(delta, event) in (True, False), (name, odd)
+
+
+@pytest.mark.parametrize(
+    ("flags", "email", "alias"),
+    [
+        ([1], "ann@example.com", "Ann"),  # the request carried LiteLLM's user budget snapshot
+        ([0], "", ""),  # custom auth: LiteLLM looks the user up; no database, empty labels
+        ([], "ann@example.com", "Ann"),  # a wire 2.0 producer: read as carried, as 2.0 readers did
+    ],
+    ids=["snapshot", "no_snapshot", "wire_2_0"],
+)
+def test_user_budget_labels_follow_the_user_snapshot(flags: list[int], email: str, alias: str) -> None:
+    engine = Engine(MetricsConfig.from_litellm_settings({"prometheus_user_budget_label_include_email_alias": True}))
+    values = budget(user_api_key_user_spend=1.0, user_api_key_user_table_max_budget=20.0, user_api_key_user_alias="Ann")
+    event = success(user="user-ann", user_email="ann@example.com", budget=values + flags)
+    delta = _delta_of(engine, event)
+    for name in ("litellm_remaining_user_budget_metric", "litellm_user_max_budget_metric"):
+        mkey = engine.schema.metric_key(name)
+        [series] = [s for (k, s) in delta.gauges if k == mkey]
+        labels = dict(zip(engine.schema.label_names(name), decode_series(series), strict=True))
+        assert (labels["user"], labels["user_email"], labels["user_alias"]) == ("user-ann", email, alias), name

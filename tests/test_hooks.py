@@ -1216,7 +1216,7 @@ async def test_integers_beyond_64_bits_and_lone_surrogates_do_not_drop_the_event
     assert (first["prompt_tokens"], first["total_tokens"]) == (7, 12)
     assert first["user_agent"] == "curl/\ufffd 8.5"
     assert first["latency_queue"] is None
-    budget = dict(zip(wire.BUDGET_FIELDS, first["budget"], strict=True))
+    budget = dict(zip((*wire.BUDGET_FIELDS, *wire.BUDGET_FLAGS), first["budget"], strict=True))
     assert budget["user_api_key_spend"] == 0.5
     assert budget["user_api_key_max_budget"] == float(HUGE)
     assert wire.headers_as_dict(first["headers"]) == {

@@ -474,7 +474,8 @@ def test_router_cooldown_reaches_the_producer(run: Run, upstream: FakeUpstreamSe
     failure = run.one("failure", model_group="gpt-429")
     state = run.one("deployment_state", model_id=failure["model_id"])
     assert state["state"] == 2
-    # The cooldown callback uses the model *group* as litellm_model_name (spec §2.9).
+    # The cooldown callback uses the model *group* as litellm_model_name
+    # (LiteLLM's ``increment_deployment_cooled_down``).
     assert state["litellm_model_name"] == "gpt-429"
     assert state["api_base"] == upstream.api_base
     assert state["api_provider"] == "openai"
