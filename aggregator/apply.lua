@@ -3,10 +3,10 @@
 --
 -- KEYS: 1 stream, 2 dead-letter stream, 3 shard stats hash, 4 applied-by-producer hash,
 --       5 high-water-mark hash, 6 .. 5+np per-producer "seen" sorted sets, then metric hashes.
--- ARGV: group, consumer, now,
+-- ARGV: group, consumer, now, max_seq_jump,
 --       np, producer ids (np),
 --       ne, ne x (entry id, producer index, seq, events applied (rejected ones not counted),
---                 assumed_duplicate 0/1),
+--                 assumed state: 0 new, 1 duplicate, 2 suspect sequence),
 --       nd, nd x (entry id, reason, detail, producer index or 0, seq or 0),
 --       ns, ns series strings (each once; the updates below refer to them by number),
 --       then one JSON document with the metric updates (one argument instead of hundreds of
@@ -23,14 +23,20 @@
 --       where "series" is the number of a series string. A histogram series' fields are
 --       <series>\31b<bucket>, <series>\31s (sum) and <series>\31c (count).
 --
--- Nothing is written unless every entry is still pending for this consumer and every
--- duplicate assumption holds; otherwise the reply says what the caller must change:
---   {"retry", {ids not owned}, {ids whose duplicate status differs}}
+-- An entry whose seq is more than max_seq_jump above its producer's high-water mark is suspect
+-- (forged, or a producer gone wrong): it is dead-lettered (suspect_sequence) without touching
+-- the producer's sequence bookkeeping, so it can neither hide the producer's next entries as
+-- duplicates nor make housekeeping declare a huge gap lost.
+--
+-- Nothing is written unless every entry is still pending for this consumer and every assumed
+-- state holds; otherwise the reply says what the caller must change:
+--   {"retry", {ids not owned}, {ids whose state differs}, {their actual states}}
 -- On success: {"ok", entries applied, duplicate entries, events applied, dead-lettered}.
 
 local stream, dead, stats, applied, hwm = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, consumer = ARGV[1], ARGV[2]
-local i = 4
+local max_jump = tonumber(ARGV[4])
+local i = 5
 local np = tonumber(ARGV[i]); i = i + 1
 local producers = {}
 for p = 1, np do producers[p] = ARGV[i]; i = i + 1 end
@@ -39,7 +45,7 @@ local ne = tonumber(ARGV[i]); i = i + 1
 local entries = {}
 for e = 1, ne do
   entries[e] = {id = ARGV[i], p = tonumber(ARGV[i + 1]), seq = tonumber(ARGV[i + 2]),
-                n = tonumber(ARGV[i + 3]), dup = ARGV[i + 4] == "1"}
+                n = tonumber(ARGV[i + 3]), state = ARGV[i + 4]}
   i = i + 5
 end
 local nd = tonumber(ARGV[i]); i = i + 1
@@ -58,27 +64,41 @@ local function owned(id)
   return #rows == 1
 end
 
--- Phase 1: verify ownership and duplicate status. No writes.
-local not_owned, wrong_dup = {}, {}
+-- Integers as Redis stores them: tostring() of a double writes 1e+14 from 15 digits on.
+local function int(n) return string.format("%.0f", n) end
+
+-- Phase 1: verify ownership and the assumed states. No writes.
+local not_owned, wrong, wrong_state = {}, {}, {}
 local marks, seen_in_batch = {}, {}
+local function mark_of(pid)
+  if marks[pid] == nil then marks[pid] = tonumber(redis.call("HGET", hwm, pid) or "0") end
+  return marks[pid]
+end
 for _, e in ipairs(entries) do
   if not owned(e.id) then
     not_owned[#not_owned + 1] = e.id
   else
     local pid = producers[e.p]
-    if marks[pid] == nil then marks[pid] = tonumber(redis.call("HGET", hwm, pid) or "0") end
-    local token = pid .. "\0" .. e.seq
-    local is_dup = e.seq <= marks[pid] or seen_in_batch[token] ~= nil
-      or redis.call("ZCOUNT", KEYS[5 + e.p], e.seq, e.seq) > 0
-    seen_in_batch[token] = true
-    if is_dup ~= e.dup then wrong_dup[#wrong_dup + 1] = e.id end
+    local mark = mark_of(pid)
+    local token = pid .. "\0" .. int(e.seq)
+    local state = "0"
+    if e.seq <= mark or seen_in_batch[token] ~= nil or redis.call("ZCOUNT", KEYS[5 + e.p], e.seq, e.seq) > 0 then
+      state = "1"
+    elseif e.seq > mark + max_jump then
+      state = "2"
+    end
+    if state ~= "2" then seen_in_batch[token] = true end
+    if state ~= e.state then
+      wrong[#wrong + 1] = e.id
+      wrong_state[#wrong_state + 1] = state
+    end
   end
 end
 for _, d in ipairs(deads) do
   if not owned(d.id) then not_owned[#not_owned + 1] = d.id end
 end
-if #not_owned > 0 or #wrong_dup > 0 then
-  return {"retry", not_owned, wrong_dup}
+if #not_owned > 0 or #wrong > 0 then
+  return {"retry", not_owned, wrong, wrong_state}
 end
 
 -- Phase 2: apply. Every check is done; nothing below can fail on valid input.
@@ -173,10 +193,9 @@ end
 local function mark_seen(p, seq, id)
   local pid = producers[p]
   local zkey = KEYS[5 + p]
-  if marks[pid] == nil then marks[pid] = tonumber(redis.call("HGET", hwm, pid) or "0") end
-  if seq <= marks[pid] or redis.call("ZCOUNT", zkey, seq, seq) > 0 then return false end
+  if seq <= mark_of(pid) or redis.call("ZCOUNT", zkey, seq, seq) > 0 then return false end
   -- member "<seq> <entry id>": the entry id lets housekeeping prove a missing seq was lost
-  redis.call("ZADD", zkey, seq, seq .. " " .. id)
+  redis.call("ZADD", zkey, seq, int(seq) .. " " .. id)
   local mark = marks[pid]
   while true do
     local low = redis.call("ZRANGE", zkey, 0, 0, "WITHSCORES")
@@ -185,16 +204,33 @@ local function mark_seen(p, seq, id)
     mark = mark + 1
   end
   marks[pid] = mark
-  redis.call("HSET", hwm, pid, mark)
+  redis.call("HSET", hwm, pid, int(mark))
   return true
 end
 
-local applied_entries, dup_entries, applied_events = 0, 0, 0
+local function dead_letter(id, reason, detail)
+  local original = redis.call("XRANGE", stream, id, id)
+  local fields = {"dead_entry_id", id, "dead_reason", reason, "dead_detail", detail,
+                  "dead_consumer", consumer, "dead_at", ARGV[3]}
+  if #original == 1 then
+    local f = original[1][2]
+    for k = 1, #f, 2 do fields[#fields + 1] = "orig_" .. f[k]; fields[#fields + 1] = f[k + 1] end
+  end
+  redis.call("XADD", dead, "MAXLEN", "~", "100000", "*", unpack(fields))
+  redis.call("HINCRBY", stats, "dead_" .. reason, 1)
+end
+
+local applied_entries, dup_entries, applied_events, suspect_entries = 0, 0, 0, 0
 local ids = {}
 for _, e in ipairs(entries) do
   ids[#ids + 1] = e.id
-  if e.dup then
+  if e.state == "1" then
     dup_entries = dup_entries + 1
+  elseif e.state == "2" then
+    local pid = producers[e.p]
+    dead_letter(e.id, "suspect_sequence", "sequence " .. int(e.seq) .. " of producer " .. pid
+      .. " is more than LSM_MAX_SEQ_JUMP (" .. int(max_jump) .. ") above its mark " .. int(mark_of(pid)))
+    suspect_entries = suspect_entries + 1
   else
     local pid = producers[e.p]
     mark_seen(e.p, e.seq, e.id)
@@ -205,17 +241,10 @@ for _, e in ipairs(entries) do
 end
 
 for _, d in ipairs(deads) do
-  local original = redis.call("XRANGE", stream, d.id, d.id)
-  local fields = {"dead_entry_id", d.id, "dead_reason", d.reason, "dead_detail", d.detail,
-                  "dead_consumer", consumer, "dead_at", ARGV[3]}
-  if #original == 1 then
-    local f = original[1][2]
-    for k = 1, #f, 2 do fields[#fields + 1] = "orig_" .. f[k]; fields[#fields + 1] = f[k + 1] end
-  end
-  redis.call("XADD", dead, "MAXLEN", "~", "100000", "*", unpack(fields))
-  redis.call("HINCRBY", stats, "dead_" .. d.reason, 1)
-  -- A dead-lettered entry whose header was readable is processed, not lost.
-  if d.p > 0 and d.seq > 0 then mark_seen(d.p, d.seq, d.id) end
+  dead_letter(d.id, d.reason, d.detail)
+  -- A dead-lettered entry whose header was readable is processed, not lost (unless its seq is
+  -- suspect: it must not move the producer's bookkeeping).
+  if d.p > 0 and d.seq > 0 and d.seq <= mark_of(producers[d.p]) + max_jump then mark_seen(d.p, d.seq, d.id) end
   ids[#ids + 1] = d.id
 end
 
@@ -233,4 +262,4 @@ local counts = delta["s"]
 for k = 1, #counts, 2 do
   redis.call("HINCRBY", stats, counts[k], counts[k + 1])
 end
-return {"ok", applied_entries, dup_entries, applied_events, #deads}
+return {"ok", applied_entries, dup_entries, applied_events, #deads + suspect_entries}

@@ -21,6 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from aggregator.series_limits import MetricLimits
+from aggregator.settings import DEFAULT_MAX_SEQ_JUMP
 from aggregator.state import Delta, format_number
 from producer.keys import Keys
 
@@ -60,6 +61,11 @@ class ApplyResult:
     attempts: int
 
 
+# The states of an entry in apply.lua: new (applied), a duplicate (acknowledged only), or with a
+# suspect sequence number (dead-lettered).
+NEW, DUPLICATE, SUSPECT = "0", "1", "2"
+
+
 class BatchApplyError(RuntimeError):
     """The batch could not be applied after repeated conflicts."""
 
@@ -75,6 +81,7 @@ class ShardApplier:
         group: str,
         consumer: str,
         limits: Mapping[str, MetricLimits] | None = None,
+        max_seq_jump: int = DEFAULT_MAX_SEQ_JUMP,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -84,6 +91,8 @@ class ShardApplier:
         self._script = client.register_script(_SCRIPT)
         #: metric key -> series caps / TTL (see series_limits.py); empty: no limits.
         self.limits: dict[str, MetricLimits] = dict(limits or {})
+        #: How far above its producer's high-water mark an entry's seq may be (else suspect).
+        self.max_seq_jump = max_seq_jump
         # (kind, metric key) -> the Redis key of that hash in this shard (formatted once).
         self._metric_keys: dict[tuple[str, str], str] = {}
 
@@ -97,22 +106,26 @@ class ShardApplier:
         """Apply ``entries`` (events via ``build_delta``) and dead-letter ``dead``, exactly once."""
         entries = list(entries)
         dead = list(dead)
-        dup = _in_batch_duplicates(entries)
+        # Assumed state per entry id (absent: new); apply.lua checks it and says where it differs.
+        state: dict[str, str] = dict.fromkeys(_in_batch_duplicates(entries), DUPLICATE)
         dropped: list[str] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
             # In a worker thread: the event loop stays free to keep the batch's entries claimed.
-            delta = await asyncio.to_thread(build_delta, [e for e in entries if e.entry_id not in dup])
-            keys, args = self._encode(entries, dup, dead, delta, now)
+            delta = await asyncio.to_thread(build_delta, [e for e in entries if e.entry_id not in state])
+            keys, args = self._encode(entries, state, dead, delta, now)
             reply = await self._script(keys=keys, args=args)
             status = _text(reply[0])
             if status == "ok":
                 return ApplyResult(int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), tuple(dropped), attempt)
             not_owned = {_text(x) for x in reply[1]}
-            flip = {_text(x) for x in reply[2]}
             dropped.extend(sorted(not_owned))
             entries = [e for e in entries if e.entry_id not in not_owned]
             dead = [d for d in dead if d.entry_id not in not_owned]
-            dup ^= flip
+            for entry_id, actual in zip(reply[2], reply[3], strict=True):
+                if _text(actual) == NEW:
+                    state.pop(_text(entry_id), None)
+                else:
+                    state[_text(entry_id)] = _text(actual)
             if not entries and not dead:
                 return ApplyResult(0, 0, 0, 0, tuple(dropped), attempt)
         raise BatchApplyError(f"batch still conflicting after {MAX_ATTEMPTS} attempts")
@@ -120,7 +133,7 @@ class ShardApplier:
     def _encode(
         self,
         entries: Sequence[PendingEntry],
-        dup: set[str],
+        state: Mapping[str, str],
         dead: Sequence[DeadEntry],
         delta: Delta,
         now: float,
@@ -144,13 +157,14 @@ class ShardApplier:
                 idx = mkeys[(kind, mkey)] = len(mkeys) + 1
             return idx
 
-        args: list[str | int | float] = [self.group, self.consumer, repr(now), len(producers), *producers]
+        args: list[str | int | float] = [self.group, self.consumer, repr(now), self.max_seq_jump]
+        args += [len(producers), *producers]
         args.append(len(entries))
         rejected = delta.rejected
         for e in entries:
             # The events applied: those of the entry less those the engine rejected.
             n = len(e.events) - rejected.get(e.entry_id, 0) if rejected else len(e.events)
-            args += [e.entry_id, pindex[e.producer_id], e.seq, n, 1 if e.entry_id in dup else 0]
+            args += [e.entry_id, pindex[e.producer_id], e.seq, n, state.get(e.entry_id, NEW)]
         args.append(len(dead))
         for d in dead:
             known = bool(d.producer_id and d.seq)

@@ -118,7 +118,9 @@ class ShardConsumer:
         self.group = settings.group
         self.consumer = settings.consumer_name
         self.build_delta = build_delta
-        self.applier = ShardApplier(client, self.keys, shard, self.group, self.consumer, limits)
+        self.applier = ShardApplier(
+            client, self.keys, shard, self.group, self.consumer, limits, max_seq_jump=settings.max_seq_jump
+        )
         self._touch = client.register_script(_TOUCH)
         self._shard_state = client.register_script(_SHARD_STATE)
         self.housekeeper = Housekeeper(client, self.keys, shard, settings, limits, gauge_keys)

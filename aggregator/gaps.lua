@@ -35,7 +35,7 @@ while true do
   redis.call("ZREMRANGEBYRANK", zkey, 0, 0)
   mark = mark + 1
 end
-redis.call("HSET", hwm, pid, mark)
+redis.call("HSET", hwm, pid, string.format("%.0f", mark))
 if from_start and tonumber(redis.call("HGET", stats, "state_resets") or "0") > 0 then
   redis.call("HINCRBY", stats, "entries_before_reset", lost)
   return 0

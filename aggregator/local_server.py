@@ -60,7 +60,8 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.settimeout(timeout)
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            # A server whose default user is off (an ACL file) answers NOAUTH: it is up.
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 

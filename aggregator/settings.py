@@ -25,6 +25,8 @@ from producer.urls import passwords_in, safe_url
 
 #: Default of ``LSM_MAX_LABEL_VALUE_LENGTH`` (the engine's own default).
 DEFAULT_MAX_LABEL_VALUE_LENGTH = 1024
+#: Default of ``LSM_MAX_SEQ_JUMP``.
+DEFAULT_MAX_SEQ_JUMP = 100_000
 #: Default of ``LSM_MAX_SERIES_PER_METRIC``.
 DEFAULT_MAX_SERIES_PER_METRIC = 20_000
 #: Default of ``LSM_RENDER_MAX_FIELDS``.
@@ -72,6 +74,11 @@ class AggregatorSettings(BaseModel):
     # its last report counted as buffered is counted as lost (events_lost_unclean_exit).
     producer_gone_seconds: float = Field(120.0, gt=0)
     max_entry_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # An entry whose sequence number is more than this above its producer's high-water mark is
+    # suspect (forged, or a producer gone wrong): dead-lettered as suspect_sequence, it leaves the
+    # producer's bookkeeping alone. A producer writes at most its buffer (100,000 events by
+    # default, several per entry) ahead of what is applied.
+    max_seq_jump: int = Field(DEFAULT_MAX_SEQ_JUMP, ge=1, le=2**40)
     # A gauge's removal record (which stops older writes from bringing the series back) is kept
     # this long, then forgotten.
     gauge_removal_memory_seconds: float = Field(86400.0, gt=0)

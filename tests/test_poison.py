@@ -342,13 +342,14 @@ async def test_enormous_sequence_numbers_do_not_stop_the_worker(
     running: tuple[Aggregator, redis.Redis, Stream],
 ) -> None:
     """Lua numbers are doubles: a sequence number above 2**53 - 1 would be rounded (two entries
-    taken for one, a gap counted wrongly, HINCRBY overflowing half-way through the gap script).
-    Such entries are dead-lettered; a gap below the bound is counted exactly."""
+    taken for one, a gap counted wrongly, HINCRBY overflowing half-way through the gap script):
+    such entries are dead-lettered as bad headers. One below that bound but far above the
+    producer's mark (LSM_MAX_SEQ_JUMP) is suspect: dead-lettered too, it neither counts a gap of
+    9e15 lost entries nor moves the producer's mark."""
     agg, client, s = running
     await asyncio.sleep(0.3)
     s.good("good", [success(key="k1")])
-    for seq in (10**15 + 1, 2**53 - 1):
-        s.entry("huge-seq", [success(key="huge")], seq=seq)
+    suspect = [s.entry("huge-seq", [success(key="huge")], seq=seq) for seq in (10**15 + 1, 2**53 - 1)]
     too_big = [
         s.bad("bad_header", valid_fields([success(key="huge")], producer="huge-seq", seq=seq))
         for seq in (2**53, 2**53 + 1, 10**18, 2**63 - 1, 2**64 - 1)
@@ -363,14 +364,53 @@ async def test_enormous_sequence_numbers_do_not_stop_the_worker(
     by_key = {
         labels[names.index("hashed_api_key")]: v for labels, v in families["litellm_requests_metric"].counters.items()
     }
-    assert by_key == {"k1": 1, "k2": 1, "k3": 1, "huge": 2}
+    assert by_key == {"k1": 1, "k2": 1, "k3": 1}
     dead = {f[b"dead_entry_id"].decode(): f[b"dead_reason"] for _, f in client.xrange(s.keys.dead_letters(0))}
-    assert dead == dict.fromkeys(too_big, b"bad_header")
+    assert dead == {**dict.fromkeys(too_big, b"bad_header"), **dict.fromkeys(suspect, b"suspect_sequence")}
     stats = {k.decode(): int(v) for k, v in client.hgetall(s.keys.shard_stats(0)).items()}
-    assert stats["lost_entries"] == 2**53 - 3  # seqs 1 .. 2**53 - 2 except 10**15 + 1
-    assert client.hget(s.keys.high_water_marks(0), "huge-seq") == str(2**53 - 1).encode()
+    assert stats.get("lost_entries", 0) == 0
+    assert stats["dead_suspect_sequence"] == 2
+    assert client.hget(s.keys.high_water_marks(0), "huge-seq") is None
     assert client.xpending(s.stream, GROUP)["pending"] == 0  # type: ignore[index]
     assert agg.consumers[0].counters.errors == 0
+
+
+async def test_a_forged_sequence_number_cannot_hide_a_producers_next_entries(
+    running: tuple[Aggregator, redis.Redis, Stream],
+) -> None:
+    """Anyone who can XADD to the stream can write an entry with a real producer's id: with a
+    sequence number far above the producer's mark it would have made every later real entry a
+    "duplicate" (discarded), and the gap below it "lost". Beyond LSM_MAX_SEQ_JUMP it is
+    dead-lettered as suspect_sequence instead, and the producer's next entries count."""
+    agg, client, s = running
+    await asyncio.sleep(0.3)
+    for seq in (1, 2, 3):
+        s.entry("proxy-a", [success(key="real")], seq=seq)
+    await wait_drained(client, s.stream)
+    forged = s.entry("proxy-a", [success(key="forged")], seq=3 + 10**9)
+    # A forged entry that is dead-lettered for its payload must not move the bookkeeping either.
+    forged_bad = s.bad(
+        "undecodable", {**valid_fields([success(key="forged")], producer="proxy-a", seq=3 + 10**12), "d": b"{"}
+    )
+    for seq in (4, 5, 6):
+        s.entry("proxy-a", [success(key="real")], seq=seq)
+    await wait_drained(client, s.stream)
+    # Within the bound a jump is an ordinary gap: the entry counts; the gap is housekeeping's.
+    s.entry("proxy-a", [success(key="real")], seq=6 + 50)
+    await wait_drained(client, s.stream)
+    await asyncio.sleep(1.0)  # several housekeeping rounds look at the gaps
+    families = read_families(client, s.keys, agg.schema)
+    names = agg.engine.label_names("litellm_requests_metric")
+    by_key = {
+        labels[names.index("hashed_api_key")]: v for labels, v in families["litellm_requests_metric"].counters.items()
+    }
+    assert by_key == {"real": 7}
+    dead = {f[b"dead_entry_id"].decode(): f for _, f in client.xrange(s.keys.dead_letters(0))}
+    assert {i: f[b"dead_reason"] for i, f in dead.items()} == {forged: b"suspect_sequence", forged_bad: b"undecodable"}
+    assert b"1000000003" in dead[forged][b"dead_detail"] and b"LSM_MAX_SEQ_JUMP" in dead[forged][b"dead_detail"]
+    stats = {k.decode(): int(v) for k, v in client.hgetall(s.keys.shard_stats(0)).items()}
+    assert stats["lost_entries"] == 49  # seqs 7 .. 55, and nothing of the forged gaps
+    assert client.hget(s.keys.high_water_marks(0), "proxy-a") == b"56"
 
 
 def _count_or_raise(entries: Sequence[PendingEntry]) -> Delta:
