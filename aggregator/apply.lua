@@ -64,9 +64,6 @@ local function owned(id)
   return #rows == 1
 end
 
--- Integers as Redis stores them: tostring() of a double writes 1e+14 from 15 digits on.
-local function int(n) return string.format("%.0f", n) end
-
 -- Phase 1: verify ownership and the assumed states. No writes.
 local not_owned, wrong, wrong_state = {}, {}, {}
 local marks, seen_in_batch = {}, {}
@@ -189,20 +186,14 @@ for _, op in ipairs(delta["x"] or {}) do
 end
 
 -- Record (producer, seq) as processed: add it above the high-water mark, then advance the mark
--- over contiguous sequence numbers. Returns false when it was already recorded.
+-- (hwm.lua). Returns false when it was already recorded.
 local function mark_seen(p, seq, id)
   local pid = producers[p]
   local zkey = KEYS[5 + p]
   if seq <= mark_of(pid) or redis.call("ZCOUNT", zkey, seq, seq) > 0 then return false end
   -- member "<seq> <entry id>": the entry id lets housekeeping prove a missing seq was lost
   redis.call("ZADD", zkey, seq, int(seq) .. " " .. id)
-  local mark = marks[pid]
-  while true do
-    local low = redis.call("ZRANGE", zkey, 0, 0, "WITHSCORES")
-    if #low == 0 or tonumber(low[2]) ~= mark + 1 then break end
-    redis.call("ZREMRANGEBYRANK", zkey, 0, 0)
-    mark = mark + 1
-  end
+  local mark = advance_mark(zkey, marks[pid])
   marks[pid] = mark
   redis.call("HSET", hwm, pid, int(mark))
   return true

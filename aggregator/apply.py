@@ -14,18 +14,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
+from aggregator.scripts import script
 from aggregator.series_limits import MetricLimits
 from aggregator.settings import DEFAULT_MAX_SEQ_JUMP
 from aggregator.state import Delta, format_number
 from producer.keys import Keys
 
-_SCRIPT = resources.files("aggregator").joinpath("apply.lua").read_text()
+_SCRIPT = script("apply.lua")
 MAX_ATTEMPTS = 8
 
 

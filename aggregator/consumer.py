@@ -38,7 +38,6 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -49,6 +48,7 @@ from redis.exceptions import ResponseError
 from aggregator.apply import ApplyResult, DeadEntry, PendingEntry, ShardApplier
 from aggregator.gc_pause import GC_PAUSE, paused_gc
 from aggregator.housekeeping import Housekeeper
+from aggregator.scripts import script
 from aggregator.series_limits import MetricLimits
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
@@ -70,7 +70,7 @@ return 0
 """
 # The largest sequence number Lua (doubles) represents exactly; no producer gets near it.
 MAX_SEQ = 2**53 - 1
-_SHARD_STATE = resources.files("aggregator").joinpath("shard_state.lua").read_text()
+_SHARD_STATE = script("shard_state.lua")
 
 
 @dataclass

@@ -1,4 +1,5 @@
--- Declare a producer's missing sequence numbers lost, when that is certain.
+-- Declare a producer's missing sequence numbers lost, when that is certain (the mark and the
+-- "seen" set: hwm.lua, prepended when loaded).
 --
 -- The producer writes sequence numbers in increasing order, so the first copy of seq s lands
 -- before the first copy of s+1. If the lowest applied seq above the high-water mark is m
@@ -28,14 +29,8 @@ local older = redis.call("XPENDING", stream, group, "-", "(" .. entry_id, 1)
 if #older > 0 then return 0 end
 local lost = m - mark - 1
 local from_start = mark == 0
-mark = m - 1
-while true do
-  local first = redis.call("ZRANGE", zkey, 0, 0, "WITHSCORES")
-  if #first == 0 or tonumber(first[2]) ~= mark + 1 then break end
-  redis.call("ZREMRANGEBYRANK", zkey, 0, 0)
-  mark = mark + 1
-end
-redis.call("HSET", hwm, pid, string.format("%.0f", mark))
+mark = advance_mark(zkey, m - 1)
+redis.call("HSET", hwm, pid, int(mark))
 if from_start and tonumber(redis.call("HGET", stats, "state_resets") or "0") > 0 then
   redis.call("HINCRBY", stats, "entries_before_reset", lost)
   return 0

@@ -6,20 +6,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from aggregator.scripts import script
 from aggregator.series_limits import MetricLimits, retire_idle
 from aggregator.settings import AggregatorSettings
 from producer.keys import PRODUCER_STATS_TTL_SECONDS, Keys
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
-_GAPS = resources.files("aggregator").joinpath("gaps.lua").read_text()
-_FORGET = resources.files("aggregator").joinpath("forget_removals.lua").read_text()
-_ENDED = resources.files("aggregator").joinpath("ended_producer.lua").read_text()
+_GAPS = script("gaps.lua")
+_FORGET = script("forget_removals.lua")
+_ENDED = script("ended_producer.lua")
 # A producer is silent for at least this many of its stats intervals before it counts as gone.
 GONE_AFTER_STATS_INTERVALS = 3
 # Removal records are looked through at most this often (a scan of every gauge's time hash).

@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from aggregator.litellm_config import MetricsConfig, SeriesLimits
+from aggregator.scripts import script
 from aggregator.state import encode_series
 from producer.keys import Keys
 
 if TYPE_CHECKING:  # the engine imports the apply module, which imports this one
     from aggregator.schema import MetricSchema
 
-_RETIRE = resources.files("aggregator").joinpath("retire.lua").read_text()
+_RETIRE = script("retire.lua")
 OVERFLOW_VALUE = "other"
 # Series looked at per HSCAN step, and retired per script call (bounded script time).
 SCAN_COUNT = 1000

@@ -105,3 +105,13 @@ def test_references_lead_to_the_repository() -> None:
         if outside.search(line)
     ]
     assert found == [], "\n".join(found)
+
+
+def test_the_high_water_mark_rule_is_written_once() -> None:
+    """The scripts that keep a producer's mark share aggregator/hwm.lua; none repeats its loop."""
+    from aggregator.scripts import script
+
+    for name in ("apply.lua", "gaps.lua"):
+        text = (ROOT / "aggregator" / name).read_text()
+        assert "advance_mark(" in text and "ZREMRANGEBYRANK" not in text, name
+        assert script(name).startswith((ROOT / "aggregator" / "hwm.lua").read_text()), name
