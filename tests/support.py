@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -66,6 +67,26 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout} s")
         time.sleep(interval)
+
+
+async def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> Any:
+    """``wait_for`` for a test running on the event loop (the loop keeps running meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def aggregator_reading(agg: Any, timeout: float = 10.0) -> None:
+    """Until every shard consumer of ``agg`` (an ``aggregator.daemon.Aggregator``) has its group
+    and reads the stream."""
+    await wait_until(lambda: all(c.ready for c in agg.consumers), timeout, what="the aggregator reading its shards")
 
 
 def producer_stats(client: redis.Redis, namespace: str, producer_id: str) -> dict[str, str]:

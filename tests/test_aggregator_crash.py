@@ -47,6 +47,7 @@ from aggregator.local_server import LocalServer
 from aggregator.snapshot import read_families
 from producer.keys import Keys
 from producer.wire import SUCCESS_FIELDS
+from tests.events import positional, success_event
 from tests.support import ReplyLosingProxy
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -97,22 +98,23 @@ def synthetic_event(i: int) -> list[Any]:
     """Success event ``i`` in the positional wire format (``SUCCESS_FIELDS`` order)."""
     key, model = combo(i)
     prompt, completion = tokens_of(i)
-    ev: list[Any] = [None] * len(SUCCESS_FIELDS)
-    ev[0] = "success"
-    ev[_I["t"]] = T0 + i / 1000
-    ev[_I["hashed_api_key"]] = f"{key:064x}"
-    ev[_I["api_key_alias"]] = f"key-{key}"
-    ev[_I["team"]] = f"team-{key % 10}"
-    ev[_I["model_group"]] = f"group-{model}"
-    ev[_I["model_id"]] = f"deployment-{model}"
-    ev[_I["api_provider"]] = "openai"
-    ev[_I["stream"]] = False
-    ev[_I["response_cost"]] = cost_of(i)
-    ev[_I["total_tokens"]] = prompt + completion
-    ev[_I["prompt_tokens"]] = prompt
-    ev[_I["completion_tokens"]] = completion
-    ev[_I["model"]] = f"model-{model}"
-    return ev
+    return positional(
+        success_event(
+            t=T0 + i / 1000,
+            hashed_api_key=f"{key:064x}",
+            api_key_alias=f"key-{key}",
+            team=f"team-{key % 10}",
+            model_group=f"group-{model}",
+            model_id=f"deployment-{model}",
+            api_provider="openai",
+            stream=False,
+            response_cost=cost_of(i),
+            total_tokens=prompt + completion,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            model=f"model-{model}",
+        )
+    )
 
 
 def labels_of(key: int, model: int) -> dict[str, str]:

@@ -14,9 +14,9 @@ import redis
 from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
 from aggregator.snapshot import read_families
-from producer import wire
 from producer.keys import Keys
 from producer.wire import encode_entry, encode_event
+from tests.events import positional, success_event
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,12 +24,11 @@ GROUP = "aggregators"
 
 
 def success(i: int) -> bytes:
-    ev = dict.fromkeys(wire.SUCCESS_FIELDS)
-    ev.update(
-        kind="success", t=time.time(), hashed_api_key=f"{i % 7:064x}", model="m", model_group="m",
+    ev = success_event(
+        t=time.time(), hashed_api_key=f"{i % 7:064x}", model="m", model_group="m",
         api_provider="openai", response_cost=0.5, total_tokens=3, prompt_tokens=1, completion_tokens=2,
     )  # fmt: skip
-    return encode_event([ev[name] for name in wire.SUCCESS_FIELDS])
+    return encode_event(positional(ev))
 
 
 def fill(client: redis.Redis, keys: Keys, entries: int, per_entry: int) -> None:

@@ -22,6 +22,7 @@ from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
 from producer.keys import Keys
 from producer.wire import decode_entry, encode_entry, encode_event
+from tests.events import entry_fields
 from tests.support import ReplyLosingProxy
 
 GROUP = "aggregators"
@@ -370,7 +371,7 @@ async def test_delivery_counts_of_a_large_redelivered_batch(
     redis_client.xgroup_create(keys.stream(0), GROUP, id="0", mkstream=True)
     pipe = redis_client.pipeline()
     for seq in range(1, 1201):
-        pipe.xadd(keys.stream(0), encode_entry("p1", seq, [encode_event({"kind": "x", "t": 0, "n": 1})], 0.0))
+        pipe.xadd(keys.stream(0), entry_fields("p1", seq, [{"kind": "x", "t": 0, "n": 1}], 0.0))
     ids = [i.decode() for i in pipe.execute()]
     redis_client.xreadgroup(GROUP, "c1", {keys.stream(0): ">"}, count=2000)
     redis_client.xclaim(keys.stream(0), GROUP, "c1", 0, ids[::7])  # a second delivery for some

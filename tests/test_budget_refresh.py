@@ -31,8 +31,8 @@ from aggregator.litellm_config import MetricsConfig
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
 from aggregator.snapshot import read_families
 from producer.keys import Keys
-from producer.wire import encode_entry, encode_event
 from tests.budget_db import LiteLLMDb, TcpProxy, engine_of, stored_gauge, stored_times, writes_log
+from tests.events import entry_fields
 from tests.test_engine import budget, success
 
 KEY_REMAINING = "litellm_remaining_api_key_budget_metric"
@@ -111,7 +111,7 @@ async def apply_events(
     stream = keys.stream(shard)
     with contextlib.suppress(redis.ResponseError):
         await aclient.xgroup_create(stream, "g", id="0", mkstream=True)
-    await aclient.xadd(stream, encode_entry("p", seq, [encode_event(e) for e in events], time.time()))
+    await aclient.xadd(stream, entry_fields("p", seq, events))
     raw = await aclient.xreadgroup("g", "c", {stream: ">"})
     batch = [PendingEntry(eid.decode(), "p", seq, events) for eid, _ in raw[0][1]]
     result = await ShardApplier(aclient, keys, shard, "g", "c").apply(batch, [], engine.build_delta, time.time())

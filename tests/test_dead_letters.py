@@ -15,6 +15,7 @@ from aggregator.dead_letters import REPLAY_PRODUCER, iter_dead_letters, replay
 from aggregator.local_server import LocalServer
 from aggregator.settings import AggregatorSettings
 from aggregator.snapshot import read_families
+from tests.support import aggregator_reading
 from tests.test_poison import Stream, success, valid_fields, wait_drained
 
 NS = "lsmreplay"
@@ -34,7 +35,7 @@ async def drain(url: str, max_entry_bytes: int) -> Aggregator:
     task = asyncio.create_task(agg.run())
     client = redis.Redis.from_url(url)
     try:
-        await asyncio.sleep(0.3)
+        await aggregator_reading(agg)
         await wait_drained(client, Stream(client, NS).stream)
     finally:
         agg.stop.set()

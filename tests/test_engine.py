@@ -28,6 +28,7 @@ from aggregator.schema import TRUNCATED_STAT, sanitize, truncate_label_value
 from aggregator.snapshot import Family
 from aggregator.state import Delta, decode_series
 from producer import wire
+from tests.events import success_event
 
 ENGINE = Engine(MetricsConfig.from_litellm_settings({}))
 KEY = hashlib.sha256(b"sk-engine-test").hexdigest()
@@ -56,9 +57,7 @@ def budget(**values: Any) -> list[Any]:
 
 def success(**changes: Any) -> dict[str, Any]:
     """A success event as ``wire.decode_entry`` hands it to the engine."""
-    event: dict[str, Any] = dict.fromkeys(wire.SUCCESS_FIELDS)
-    event.update(
-        kind=wire.SUCCESS,
+    event = success_event(
         t=T,
         hashed_api_key=KEY,
         api_key_alias="key-alias",

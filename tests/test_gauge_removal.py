@@ -19,7 +19,8 @@ from aggregator.litellm_config import MetricsConfig
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta, encode_series
 from producer.keys import Keys
-from producer.wire import decode_entry, encode_entry, encode_event
+from producer.wire import decode_entry
+from tests.events import entry_fields
 
 GROUP = "aggregators"
 GAUGE = "litellm_deployment_state"
@@ -44,7 +45,7 @@ class Shards:
 
     async def set(self, shard: int, model_id: str, t: float, value: float | None) -> None:
         self.seq += 1
-        fields = encode_entry(f"p{shard}", self.seq, [encode_event({"kind": "x", "t": t})], time.time())
+        fields = entry_fields(f"p{shard}", self.seq, [{"kind": "x", "t": t}])
         self.client.xadd(self.keys.stream(shard), fields)  # type: ignore[arg-type]
         raw: Any = await self.aclient.xreadgroup(GROUP, "c", {self.keys.stream(shard): ">"}, count=10)
         batch = [

@@ -7,7 +7,6 @@ apply script and HTTP server, read back over HTTP."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +20,8 @@ from aggregator.settings import AggregatorSettings
 from producer import wire
 from producer.emitter import Emitter
 from producer.keys import Keys
-from producer.wire import encode_entry, encode_event
+from producer.wire import encode_event
+from tests.events import entry_fields
 from tests.support import settings_for
 from tests.test_aggregator_crash import _I, synthetic_event
 from tests.test_metrics_endpoint import Running, agg_settings, bearer, fetch, until
@@ -47,7 +47,7 @@ def emit(redis_url: str, namespace: str, events: Sequence[list[Any] | dict[str, 
 def xadd(client: redis.Redis, namespace: str, events: Sequence[list[Any]], seq: int = 1) -> None:
     """Straight into the stream, as a producer with a raised LSM_MAX_EVENT_BYTES (or any other
     writer) would: the aggregator must not trust what it reads."""
-    fields = encode_entry("hostile-writer", seq, [encode_event(e) for e in events], time.time())
+    fields = entry_fields("hostile-writer", seq, events)
     client.xadd(Keys(namespace).stream(0), fields)  # type: ignore[arg-type]
 
 

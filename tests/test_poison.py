@@ -28,7 +28,9 @@ from aggregator.settings import AggregatorSettings
 from aggregator.snapshot import read_families
 from aggregator.state import Delta
 from producer.keys import Keys
-from producer.wire import SUCCESS_FIELDS, as_object, derive_latencies, encode_entry, encode_event
+from producer.wire import SUCCESS_FIELDS, as_object, derive_latencies
+from tests.events import entry_fields, positional, success_event
+from tests.support import aggregator_reading, wait_until
 
 GROUP = "aggregators"
 MAX_ENTRY_BYTES = 256 * 1024
@@ -50,20 +52,18 @@ HOSTILE = [
 
 
 def success(team: str = "team-a", key: str = "k1", cost: Any = 0.25, tokens: Any = 10, **fields: Any) -> list[Any]:
-    ev: list[Any] = [None] * len(SUCCESS_FIELDS)
-    ev[0] = "success"
-    ev[_I["t"]] = time.time()
-    ev[_I["hashed_api_key"]] = key
-    ev[_I["team"]] = team
-    ev[_I["model"]] = "gpt-x"
-    ev[_I["model_group"]] = "gpt-x"
-    ev[_I["response_cost"]] = cost
-    ev[_I["total_tokens"]] = tokens
-    ev[_I["prompt_tokens"]] = 4
-    ev[_I["completion_tokens"]] = 6
-    for name, value in fields.items():
-        ev[_I[name]] = value
-    return ev
+    values: dict[str, Any] = {
+        "t": time.time(),
+        "hashed_api_key": key,
+        "team": team,
+        "model": "gpt-x",
+        "model_group": "gpt-x",
+        "response_cost": cost,
+        "total_tokens": tokens,
+        "prompt_tokens": 4,
+        "completion_tokens": 6,
+    }
+    return positional(success_event(**{**values, **fields}))
 
 
 def success_object(**fields: Any) -> dict[str, Any]:
@@ -98,9 +98,7 @@ class Stream:
     def entry(self, producer: str, events: list[Any], seq: int | None = None, **override: str | bytes) -> str:
         if seq is None:
             seq = self.seq[producer] = self.seq.get(producer, 0) + 1
-        fields: dict[str, bytes | str] = dict(
-            encode_entry(producer, seq, [encode_event(e) for e in events], time.time())
-        )
+        fields: dict[str, bytes | str] = dict(entry_fields(producer, seq, events))
         fields.update(override)
         return self.raw(fields)
 
@@ -126,7 +124,7 @@ class Stream:
 
 
 def valid_fields(events: list[Any], producer: str = "evil", seq: int = 1) -> dict[str, bytes | str]:
-    return dict(encode_entry(producer, seq, [encode_event(e) for e in events], time.time()))
+    return dict(entry_fields(producer, seq, events))
 
 
 def write_poison(s: Stream) -> None:
@@ -296,7 +294,7 @@ async def test_poison_is_dead_lettered_or_rejected_and_the_worker_keeps_going(
     agg, client, s = running
     # The aggregator is already waiting on the (empty) stream; everything below arrives while it
     # reads, in batches that mix poison and good entries.
-    await asyncio.sleep(0.3)
+    await aggregator_reading(agg)
     write_poison(s)
     await wait_drained(client, s.stream)
 
@@ -347,7 +345,7 @@ async def test_enormous_sequence_numbers_do_not_stop_the_worker(
     producer's mark (LSM_MAX_SEQ_JUMP) is suspect: dead-lettered too, it neither counts a gap of
     9e15 lost entries nor moves the producer's mark."""
     agg, client, s = running
-    await asyncio.sleep(0.3)
+    await aggregator_reading(agg)
     s.good("good", [success(key="k1")])
     suspect = [s.entry("huge-seq", [success(key="huge")], seq=seq) for seq in (10**15 + 1, 2**53 - 1)]
     too_big = [
@@ -383,7 +381,7 @@ async def test_a_forged_sequence_number_cannot_hide_a_producers_next_entries(
     "duplicate" (discarded), and the gap below it "lost". Beyond LSM_MAX_SEQ_JUMP it is
     dead-lettered as suspect_sequence instead, and the producer's next entries count."""
     agg, client, s = running
-    await asyncio.sleep(0.3)
+    await aggregator_reading(agg)
     for seq in (1, 2, 3):
         s.entry("proxy-a", [success(key="real")], seq=seq)
     await wait_drained(client, s.stream)
@@ -398,7 +396,9 @@ async def test_a_forged_sequence_number_cannot_hide_a_producers_next_entries(
     # Within the bound a jump is an ordinary gap: the entry counts; the gap is housekeeping's.
     s.entry("proxy-a", [success(key="real")], seq=6 + 50)
     await wait_drained(client, s.stream)
-    await asyncio.sleep(1.0)  # several housekeeping rounds look at the gaps
+    # Housekeeping declares seqs 7 .. 55 lost (nothing older is pending) and moves the mark.
+    mark = s.keys.high_water_marks(0)
+    await wait_until(lambda: client.hget(mark, "proxy-a") == b"56", what="the gap below seq 56 declared lost")
     families = read_families(client, s.keys, agg.schema)
     names = agg.engine.label_names("litellm_requests_metric")
     by_key = {

@@ -16,7 +16,8 @@ from aggregator.litellm_config import MetricsConfig
 from aggregator.series_limits import Limit, MetricLimits, build_limits, retire_idle
 from aggregator.state import SEP, Delta, decode_series, encode_series
 from producer.keys import Keys
-from producer.wire import decode_entry, encode_entry, encode_event
+from producer.wire import decode_entry
+from tests.events import entry_fields
 
 GROUP = "aggregators"
 COUNTER = "litellm_requests_metric"
@@ -53,7 +54,7 @@ class Harness:
 
     async def apply(self, build: Callable[[Delta], None], now: float | None = None) -> None:
         self.seq += 1
-        fields = encode_entry("p1", self.seq, [encode_event({"kind": "x", "t": 0})], time.time())
+        fields = entry_fields("p1", self.seq, [{"kind": "x", "t": 0}])
         self.client.xadd(self.keys.stream(0), fields)  # type: ignore[arg-type]
         raw: Any = await self.aclient.xreadgroup(GROUP, "c1", {self.keys.stream(0): ">"}, count=10)
         batch = [PendingEntry(i.decode(), "p1", e.seq, e.events) for i, f in raw[0][1] for e in [decode_entry(f)]]

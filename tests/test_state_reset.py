@@ -41,7 +41,8 @@ from aggregator.snapshot import read_families
 from aggregator.state import Delta
 from producer.emitter import Emitter
 from producer.keys import Keys
-from producer.wire import encode_entry, encode_event
+from producer.wire import encode_event
+from tests.events import entry_fields
 from tests.support import settings_for, wait_for
 from tests.test_aggregator_crash import synthetic_event
 
@@ -262,7 +263,7 @@ def count_events(entries: Sequence[PendingEntry]) -> Delta:
 
 
 def xadd(client: redis.Redis, keys: Keys, producer: str, seq: int) -> str:
-    fields = encode_entry(producer, seq, [encode_event({"kind": "x", "t": 0, "n": 1})], time.time())
+    fields = entry_fields(producer, seq, [{"kind": "x", "t": 0, "n": 1}])
     return client.xadd(keys.stream(0), fields).decode()  # type: ignore[arg-type]
 
 
@@ -316,7 +317,7 @@ async def test_sequences_after_a_reset_are_neither_lost_nor_duplicates(private_s
         assert first  # the new stream's entries were read from its start
 
         # A real loss after the reset is still a loss: p1's 502 removed before being read.
-        fields = encode_entry("p1", 502, [encode_event({"kind": "x", "t": 0, "n": 1})], time.time())
+        fields = entry_fields("p1", 502, [{"kind": "x", "t": 0, "n": 1}])
         add_and_delete = "return redis.call('XDEL', KEYS[1], redis.call('XADD', KEYS[1], '*', unpack(ARGV)))"
         assert client.eval(add_and_delete, 1, keys.stream(0), *[x for kv in fields.items() for x in kv]) == 1
         xadd(client, keys, "p1", 503)
