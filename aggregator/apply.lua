@@ -27,6 +27,8 @@
 -- (forged, or a producer gone wrong): it is dead-lettered (suspect_sequence) without touching
 -- the producer's sequence bookkeeping, so it can neither hide the producer's next entries as
 -- duplicates nor make housekeeping declare a huge gap lost.
+-- Exception: after a reset of the shard's state (Redis restarted empty), a producer that has no
+-- mark yet in the new state goes on where its sequence was; it is not suspect.
 --
 -- Nothing is written unless every entry is still pending for this consumer and every assumed
 -- state holds; otherwise the reply says what the caller must change:
@@ -71,6 +73,14 @@ local function mark_of(pid)
   if marks[pid] == nil then marks[pid] = tonumber(redis.call("HGET", hwm, pid) or "0") end
   return marks[pid]
 end
+-- After a reset of the shard's state, a producer with no mark in it may go on at any sequence
+-- number (gaps.lua counts the ones before as entries_before_reset); otherwise a seq more than
+-- max_jump above the mark is suspect.
+local after_reset = tonumber(redis.call("HGET", stats, "state_resets") or "0") > 0
+local function suspect(pid, seq)
+  local mark = mark_of(pid)
+  return seq > mark + max_jump and not (mark == 0 and after_reset)
+end
 for _, e in ipairs(entries) do
   if not owned(e.id) then
     not_owned[#not_owned + 1] = e.id
@@ -81,7 +91,7 @@ for _, e in ipairs(entries) do
     local state = "0"
     if e.seq <= mark or seen_in_batch[token] ~= nil or redis.call("ZCOUNT", KEYS[5 + e.p], e.seq, e.seq) > 0 then
       state = "1"
-    elseif e.seq > mark + max_jump then
+    elseif suspect(pid, e.seq) then
       state = "2"
     end
     if state ~= "2" then seen_in_batch[token] = true end
@@ -235,7 +245,7 @@ for _, d in ipairs(deads) do
   dead_letter(d.id, d.reason, d.detail)
   -- A dead-lettered entry whose header was readable is processed, not lost (unless its seq is
   -- suspect: it must not move the producer's bookkeeping).
-  if d.p > 0 and d.seq > 0 and d.seq <= mark_of(producers[d.p]) + max_jump then mark_seen(d.p, d.seq, d.id) end
+  if d.p > 0 and d.seq > 0 and not suspect(producers[d.p], d.seq) then mark_seen(d.p, d.seq, d.id) end
   ids[#ids + 1] = d.id
 end
 

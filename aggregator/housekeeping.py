@@ -4,6 +4,7 @@ and detect entries that were removed from the stream before being applied."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,16 @@ _ENDED = script("ended_producer.lua")
 GONE_AFTER_STATS_INTERVALS = 3
 # Removal records are looked through at most this often (a scan of every gauge's time hash).
 FORGET_INTERVAL = 3600.0
+
+
+def _reported(stats: Mapping[str, str], field: str) -> float:
+    """A number from a producer's counters, 0 when absent or not a finite non-negative number:
+    anyone who can write the counters could write anything there."""
+    try:
+        value = float(stats.get(field, 0) or 0)
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value >= 0 else 0.0
 
 
 def _text(value: object) -> str:
@@ -196,11 +207,11 @@ class Housekeeper:
             stats = {_text(k): _text(v) for k, v in (await self.client.hgetall(self.keys.producer_stats(pid))).items()}
             if not stats:
                 continue
-            interval = float(stats.get("stats_interval", 0) or 0)
-            if now - float(stats.get("updated_at", 0) or 0) < GONE_AFTER_STATS_INTERVALS * interval:
+            interval = _reported(stats, "stats_interval")
+            if now - _reported(stats, "updated_at") < GONE_AFTER_STATS_INTERVALS * interval:
                 continue  # reports less often than the gone threshold assumes
             clean = "closed_at" in stats
-            unsent = 0 if clean else int(float(stats.get("buffer_events", 0) or 0))
+            unsent = 0 if clean else int(_reported(stats, "buffer_events"))
             if not await self._ended(
                 keys=[ended, self.keys.shard_stats(self.shard)], args=[pid, now, int(clean), unsent]
             ):

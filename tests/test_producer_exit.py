@@ -166,6 +166,26 @@ async def test_producers_are_forgotten_when_their_counters_expire(
     assert redis_client.zcard(keys.ended_producers(0)) == 0
 
 
+async def test_forged_producer_counters_do_not_stop_housekeeping(
+    redis_url: str, namespace: str, redis_client: redis.Redis, aclient: aioredis.Redis
+) -> None:
+    """Anyone who can write a producer's counters can write anything there: values that are not
+    finite non-negative numbers count as 0, and the other producers are still recorded."""
+    keys = Keys(namespace)
+    now = time.time()
+    forged = {"nan:1:aaaa": "nan", "inf:1:bbbb": "inf", "neg:1:cccc": "-5", "word:1:dddd": "many"}
+    honest = "honest:1:eeee"
+    for pid, value in {**forged, honest: "7"}.items():
+        redis_client.zadd(keys.producer_registry(), {pid: now - 60})
+        updated = value if pid in forged else now - 60
+        redis_client.hset(
+            keys.producer_stats(pid), mapping={"buffer_events": value, "stats_interval": value, "updated_at": updated}
+        )
+    # One shard: every producer is the housekeeper's. Each is recorded as ended uncleanly.
+    assert await _housekeeper(aclient, namespace).record_ended_producers(now) == len(forged) + 1
+    assert _shard_stats(redis_client, namespace)["events_lost_unclean_exit"] == 7
+
+
 # -- the proxy's shutdown path ---------------------------------------------------------------------
 
 

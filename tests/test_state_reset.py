@@ -2,10 +2,10 @@
 
 Everything a shard held is gone: the consumer group, the totals, the producers' sequence
 bookkeeping (high-water marks, seen sets), the leases. The producer recovers by itself and its
-sequence numbers go on where they were (e.g. at 500). The aggregators must recreate the group
-and the shard's state while running, apply every event written after the restart exactly once,
-count the reset once (``state_resets``), and neither declare the producer's earlier sequence
-numbers lost nor take its later ones for duplicates.
+sequence numbers go on where they were (e.g. at 500, even beyond LSM_MAX_SEQ_JUMP). The
+aggregators must recreate the group and the shard's state while running, apply every event
+written after the restart exactly once, count the reset once (``state_resets``), and neither
+declare the producer's earlier sequence numbers lost nor take its later ones for duplicates.
 
 Also /healthz (liveness): it fails when a consumer is stuck for a reason a restart may fix, and
 never because Redis is down.
@@ -181,7 +181,8 @@ def test_aggregators_recover_from_redis_restarted_empty(
     stream = keys.stream(0)
     client = redis.Redis.from_url(private_server.url, socket_timeout=5)
     for name in ("agg-a", "agg-b"):
-        fleet.append(AggregatorProcess(private_server.url, namespace, name, tmp_path))
+        # A jump limit below the producer's sequence at the restart: going on there is not suspect.
+        fleet.append(AggregatorProcess(private_server.url, namespace, name, tmp_path, LSM_MAX_SEQ_JUMP="50"))
     traffic = Traffic(private_server.url, namespace)
     em = traffic.emitter
     try:
@@ -280,6 +281,7 @@ async def test_sequences_after_a_reset_are_neither_lost_nor_duplicates(private_s
         housekeeping_interval=0.1,
         socket_timeout=2,
         connect_timeout=0.5,
+        max_seq_jump=100,  # p1 goes on at 500 after the reset: that must not be suspect
     )
     consumer = ShardConsumer(aclient, settings, 0, count_events)
     stop = asyncio.Event()
@@ -327,6 +329,15 @@ async def test_sequences_after_a_reset_are_neither_lost_nor_duplicates(private_s
         assert client.hget(keys.shard_stats(0), "lost_entries") == b"1"
         assert client.hget(keys.lost_by_producer(0), "p1") == b"1"
         assert client.hget(keys.shard_stats(0), "entries_before_reset") == b"499"
+
+        # Once p1 has a mark in the new state, the jump limit holds again.
+        forged = xadd(client, keys, "p1", 503 + 101)
+        xadd(client, keys, "p1", 504)
+        await asyncio.to_thread(
+            wait_for, lambda: client.hget(keys.high_water_marks(0), "p1") == b"504", 10, what="p1 goes on"
+        )
+        dead = client.xrange(keys.dead_letters(0))
+        assert [(f[b"dead_entry_id"].decode(), f[b"dead_reason"]) for _, f in dead] == [(forged, b"suspect_sequence")]
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
