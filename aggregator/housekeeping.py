@@ -75,6 +75,8 @@ class Housekeeper:
         self._next_forget = 0.0
         self._ended = client.register_script(_ENDED)
         self.unclean_exits = 0
+        #: Rounds completed (what a caller waits on to know housekeeping has looked again).
+        self.rounds = 0
 
     async def run_once(self) -> None:
         await self.trim()
@@ -86,6 +88,7 @@ class Housekeeper:
         if self.gauge_keys and time.monotonic() >= self._next_forget:
             self._next_forget = time.monotonic() + FORGET_INTERVAL
             await self.forget_old_removals(time.time() - self.settings.gauge_removal_memory_seconds)
+        self.rounds += 1
 
     async def forget_old_removals(self, cutoff: float) -> int:
         """Drop gauge removal records older than ``cutoff``: they only stop writes older than

@@ -14,8 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from producer import envvars
 from producer.envvars import Alias, minutes_to_seconds
@@ -246,24 +245,21 @@ class AggregatorSettings(BaseModel):
                 raise AggregatorConfigError(f"settings file {path} must hold a mapping of setting: value")
             values.update(loaded)
         try:
-            found = envvars.read(((name, _aliases(f)) for name, f in cls.model_fields.items()), env, values)
-        except envvars.AliasError as exc:
-            raise AggregatorConfigError(str(exc)) from None
-        values.update({name: raw for name, (_variable, raw) in found.items()})
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"LSM_{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise AggregatorConfigError(
-                safe_url(f"invalid aggregator settings: {problems}", url_secrets(values))
-            ) from None
+            return envvars.build(cls, env, values)
+        except envvars.SettingsError as exc:
+            hidden = url_secrets(values) + [p for url in _env_urls(env) for p in passwords_in(url)]
+            raise AggregatorConfigError(safe_url(f"invalid aggregator settings: {exc}", hidden)) from None
 
 
-def _aliases(info: FieldInfo) -> tuple[Alias, ...]:
-    return tuple(m for m in info.metadata if isinstance(m, Alias))
+def _env_urls(environ: Mapping[str, str]) -> list[str]:
+    """The URL settings' variables (``LSM_<NAME>`` and aliases) the environment sets."""
+    found = []
+    for name in URL_SETTINGS:
+        info = AggregatorSettings.model_fields[name]
+        for variable in (envvars.primary(name), *(a.variable for a in envvars.aliases(info))):
+            if variable in environ:
+                found.append(environ[variable])
+    return found
 
 
 URL_SETTINGS = ("redis_url", "database_url", "litellm_api_base")

@@ -149,14 +149,18 @@ def test_redis_killed_mid_stream_loses_nothing(aof_server: LocalServer, emitters
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        time.sleep(0.8)
+        wait_for(lambda: em.counters.sent >= 200, what="traffic flowing")
         sent_before_kill = em.counters.sent
         aof_server.kill()
         killed_at_errors = em.counters.flush_errors
-        time.sleep(1.0)
+        # Down: the writer fails, and the proxy goes on offering events (they wait in the buffer).
+        down_at = len(offers.accepted)
+        wait_for(lambda: em.counters.flush_errors > killed_at_errors, what="the writer noticed the outage")
+        wait_for(lambda: len(offers.accepted) >= down_at + 200, what="offers during the outage")
         aof_server.start()
         restarted_at = len(offers.accepted)
-        time.sleep(1.0)
+        # Up again: everything offered before the restart is sent, and traffic flows on.
+        wait_for(lambda: em.counters.sent >= restarted_at + 200, what="sent after the restart")
     finally:
         stop.set()
         feeder.join(10)

@@ -5,7 +5,6 @@ field, which only fill in what nothing else set."""
 from __future__ import annotations
 
 import typing
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def declared_aliases() -> set[tuple[str, str, str]]:
     out = set()
-    hints = typing.get_type_hints(ProducerSettings, include_extras=True)
-    for f in fields(ProducerSettings):
-        out |= {("producer", f.name, a.variable) for a in envvars.declared(hints[f.name])[1]}
-    for name, info in AggregatorSettings.model_fields.items():
-        out |= {("aggregator", name, m.variable) for m in info.metadata if isinstance(m, envvars.Alias)}
+    for where, model in (("producer", ProducerSettings), ("aggregator", AggregatorSettings)):
+        for name, info in model.model_fields.items():
+            out |= {(where, name, a.variable) for a in envvars.aliases(info)}
     return out
 
 

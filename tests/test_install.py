@@ -2,7 +2,7 @@
 
 ``python -m build`` makes the sdist and the wheel once per module; ``twine check --strict``
 accepts both. A fresh virtual environment gets the wheel without extras (only ``redis`` and
-``orjson`` may come along), then LiteLLM with the modules its proxy needs (the ``test`` extra of
+``orjson`` and ``pydantic`` may come along), then LiteLLM with the modules its proxy needs (the ``test`` extra of
 ``pyproject.toml`` less the test tools); a real ``litellm --config`` proxy from that environment,
 with the callback line from README.md and nothing of the checkout on its path, answers one request
 from the fake upstream, and the event is in Redis. Then the same environment gets the
@@ -55,9 +55,11 @@ PROJECT = PYPROJECT["project"]["name"]
 VERSION = PYPROJECT["project"]["version"]
 # Entries of the `test` extra that the proxy does not need (test tools, the test database).
 TEST_ONLY = {"pytest", "pytest-asyncio", "pytest-timeout", "pgserver", "psycopg", "kubernetes-validate"}
-# What a producer-only install may bring besides the package: its two dependencies, and what
-# those need on this Python (redis-py needs async-timeout before Python 3.11.3).
-PRODUCER_DEPENDENCIES = {"redis", "orjson"} | ({"async-timeout"} if sys.version_info < (3, 11, 3) else set())
+# What a producer-only install may bring besides the package: its dependencies, and what those
+# need on this Python (redis-py needs async-timeout before Python 3.11.3). pydantic is also a
+# requirement of LiteLLM: a proxy has it already.
+PYDANTIC = {"pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection"}
+PRODUCER_DEPENDENCIES = {"redis", "orjson"} | PYDANTIC | ({"async-timeout"} if sys.version_info < (3, 11, 3) else set())
 # Installed in every new virtual environment by `python -m venv`, not by us.
 VENV_SEED = {"pip", "setuptools", "wheel"}
 MASTER_KEY = "sk-lsm-install-" + uuid.uuid4().hex
@@ -127,9 +129,9 @@ def test_sdist_and_wheel_pass_twine_check(dist: Dist) -> None:
     assert f"{info}/licenses/LICENSE" in names
     assert "License-Expression: MIT" in metadata
     assert "Classifier: License ::" not in metadata  # PEP 639: the expression replaces them
-    # Without extras: exactly redis and orjson.
+    # Without extras: exactly redis, orjson and pydantic.
     plain = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
-    assert {_name(line.split(":", 1)[1]) for line in plain} == {"redis", "orjson"}
+    assert {_name(line.split(":", 1)[1]) for line in plain} == {"redis", "orjson", "pydantic"}
     assert "lsm-aggregator = aggregator.__main__:console_main" in entry_points
     assert "lsm-budgets = aggregator.budgets.__main__:console_main" in entry_points
 

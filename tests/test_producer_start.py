@@ -84,5 +84,6 @@ def test_a_bad_setting_is_the_last_thing_the_proxy_prints(tmp_path: Path) -> Non
     output = (proc.stdout + proc.stderr).strip().splitlines()
     assert proc.returncode != 0, f"the proxy started with a bad setting ({time.monotonic() - started:.0f} s)"
     assert output[-1] == (
-        "litellm-stream-metrics: cannot start, invalid configuration: LSM_BUFFER_MAX_EVENTS='a lot' is not a valid int"
+        "litellm-stream-metrics: cannot start, invalid configuration: "
+        "LSM_BUFFER_MAX_EVENTS='a lot': Input should be a valid integer, unable to parse string as an integer"
     ), "\n".join(output[-20:])

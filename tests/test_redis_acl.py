@@ -22,6 +22,7 @@ from aggregator.snapshot import read_families
 from producer import wire
 from producer.emitter import Emitter
 from producer.settings import ProducerSettings
+from tests.support import wait_until
 from tests.test_engine import success
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +77,8 @@ def test_the_pipeline_runs_with_the_shipped_users(acl_server: LocalServer) -> No
                 assert time.monotonic() < deadline, "the aggregator did not apply the events"
                 assert agg.consumers[0].counters.errors == 0
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)  # housekeeping rounds and the export lease, under the ACL
+            # Housekeeping rounds and the export lease, under the ACL.
+            await wait_until(lambda: agg.consumers[0].housekeeper.rounds >= 2 and agg.leadership.is_leader())
             assert agg.consumers[0].counters.errors == 0
             assert agg.leadership.is_leader()
         finally:
