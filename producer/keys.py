@@ -117,6 +117,16 @@ class Keys:
         """The lease (leadership) key ``name``; its fencing epoch counter is ``<key>:epoch``."""
         return self._shard_key(0, f"lease:{name}")
 
+    def shard_owner(self, shard: int) -> str:
+        """The lease of the one process that owns the shard (its fencing epoch: ``<key>:epoch``),
+        on the shard's own hash tag so a checkpoint can check it with the shard's state."""
+        return self._shard_key(shard, "owner")
+
+    def owner_registry(self) -> str:
+        """Sorted set of the live aggregator processes that own shards (score: last heartbeat,
+        Redis server time), from which each works out its fair share."""
+        return self._shard_key(0, "owners")
+
     def budget_status(self) -> str:
         """Hash of the budget refresh job's progress: last run, last success per entity kind."""
         return self._shard_key(0, "budget:status")
