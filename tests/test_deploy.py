@@ -11,7 +11,6 @@ absence fails them.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import functools
 import http.server
 import json
@@ -573,7 +572,7 @@ def test_environment_names_are_real_settings() -> None:
     # Read by the command line itself, not a settings field.
     assert '"LSM_LOG_LEVEL"' in (ROOT / "aggregator" / "__main__.py").read_text()
     aggregator_vars.add("LSM_LOG_LEVEL")
-    producer_vars = {"LSM_" + f.name.upper() for f in dataclasses.fields(ProducerSettings)}
+    producer_vars = {"LSM_" + name.upper() for name in ProducerSettings.model_fields}
     container = aggregator_container()
     names = {e["name"] for e in container["env"]}
     assert {"LSM_REDIS_URL", "LSM_METRICS_BEARER_TOKEN", "LSM_LITELLM_CONFIG"} <= names
