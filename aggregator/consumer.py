@@ -52,7 +52,7 @@ from aggregator.scripts import script
 from aggregator.series_limits import MetricLimits
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
-from producer.wire import F_DATA, F_PRODUCER, F_SEQ, WireError, decode_entry
+from producer.wire import F_DATA, F_PRODUCER, F_SEQ, PRODUCER_ID, WireError, decode_entry
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
@@ -570,7 +570,7 @@ def _header(fields: Any) -> tuple[str | None, int | None]:
         seq = int(fields[F_SEQ.encode()])
     except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError):
         return None, None
-    return (producer, seq) if 1 <= seq <= MAX_SEQ and producer else (None, None)
+    return (producer, seq) if 1 <= seq <= MAX_SEQ and PRODUCER_ID.fullmatch(producer) else (None, None)
 
 
 # Redis error replies that describe the server's condition, not this process's: waiting (not

@@ -468,6 +468,12 @@ def parse_version(raw: bytes) -> tuple[int, int]:
         raise WireError("bad_version", f"unreadable version {raw[:32]!r}") from exc
 
 
+#: Longest producer id a reader accepts; the producer's own are ``<host (<= 64)>:<pid>:<8 hex>``.
+MAX_PRODUCER_ID = 200
+#: A producer id: printable, no spaces or control characters (it names Redis keys and fields).
+PRODUCER_ID = re.compile(rf"[!-~\u00a1-\U0010ffff]{{1,{MAX_PRODUCER_ID}}}")
+
+
 def decode_entry(fields: Mapping[bytes, bytes], max_decoded_bytes: int = 64 * 1024 * 1024) -> Entry:
     """Decode a stream entry, raising ``WireError`` for anything that cannot be applied."""
     major, minor = parse_version(_field(fields, F_VERSION))
@@ -486,6 +492,8 @@ def decode_entry(fields: Mapping[bytes, bytes], max_decoded_bytes: int = 64 * 10
         raise WireError("bad_header", str(exc)) from exc
     if seq < 1:
         raise WireError("bad_header", f"sequence must be >= 1, got {seq}")
+    if not PRODUCER_ID.fullmatch(producer_id):
+        raise WireError("bad_header", f"producer id {producer_id[:80]!r}: 1-{MAX_PRODUCER_ID} printable characters")
     data = _field(fields, F_DATA)
     if codec == CODEC_ZLIB_JSON:
         try:

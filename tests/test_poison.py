@@ -143,6 +143,7 @@ def write_poison(s: Stream) -> None:
     s.bad("bad_header", {**f, "s": "-3"})
     s.bad("bad_header", {**f, "n": "many"})
     s.bad("bad_header", {**f, "p": b"\xff\xfe\xfd"})
+    s.bad("bad_header", {**f, "p": "x" * 5000})  # would name Redis keys and fields
     s.bad("unknown_codec", {**f, "c": "gzip"})
     s.bad("undecodable", {**f, "d": "{nope"})
     s.bad("undecodable", {**f, "d": b"\xff\xfe"})

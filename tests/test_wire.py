@@ -10,6 +10,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from producer.emitter import new_producer_id
 from producer.wire import (
     CODEC_JSON,
     CODEC_ZLIB_JSON,
@@ -21,6 +22,8 @@ from producer.wire import (
     F_PRODUCER,
     F_SEQ,
     F_VERSION,
+    MAX_PRODUCER_ID,
+    PRODUCER_ID,
     SUCCESS,
     SUCCESS_FIELDS,
     SUCCESS_FIELDS_V1,
@@ -171,13 +174,32 @@ def test_bad_sequence_number(seq: bytes) -> None:
     assert info.value.reason == "bad_header"
 
 
-@pytest.mark.parametrize("field_name,value", [(F_COUNT, b"three"), (F_BUILT_AT, b"yesterday"), (F_PRODUCER, b"\xff")])
+@pytest.mark.parametrize(
+    "field_name,value",
+    [
+        (F_COUNT, b"three"),
+        (F_BUILT_AT, b"yesterday"),
+        (F_PRODUCER, b"\xff"),
+        (F_PRODUCER, b""),
+        (F_PRODUCER, b"two words"),
+        (F_PRODUCER, b"line\nbreak"),
+        (F_PRODUCER, b"p" * 201),
+    ],
+)
 def test_bad_header_values(field_name: str, value: bytes) -> None:
     fields = _entry()
     fields[field_name.encode()] = value
     with pytest.raises(WireError) as info:
         decode_entry(fields)
     assert info.value.reason == "bad_header"
+
+
+def test_the_producers_own_ids_are_valid() -> None:
+    assert PRODUCER_ID.fullmatch(new_producer_id())
+    assert PRODUCER_ID.fullmatch("h" * 64 + ":4194304:0123abcd")
+    fields = _entry()
+    fields[F_PRODUCER.encode()] = b"p" * MAX_PRODUCER_ID
+    assert decode_entry(fields).producer_id == "p" * MAX_PRODUCER_ID
 
 
 @pytest.mark.parametrize("count", [b"2", b"4", b"0"])
