@@ -46,6 +46,9 @@ class AggregatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     redis_url: Annotated[str, Alias("REDIS_URL")] = DEFAULT_REDIS_URL
+    # A Redis Cluster at redis_url (any of its nodes): true, false, or unset to ask the server
+    # (INFO cluster) when a client is first opened.
+    redis_cluster: bool | None = None
     namespace: str = "lsm"
     shards: int = Field(1, ge=1, le=1024)
     group: str = Field("aggregators", min_length=1, max_length=128)

@@ -5,10 +5,15 @@ of the script in the shard's slot: the client refuses a script whose keys span s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -19,6 +24,9 @@ from aggregator.state import Delta
 from producer.keys import Keys
 from producer.wire import decode_entry
 from tests.events import entry_fields
+from tests.support import wait_for
+from tests.test_aggregator_crash import synthetic_event
+from tests.test_state_reset import ROOT, AggregatorProcess
 
 GROUP = "aggregators"
 
@@ -109,3 +117,48 @@ async def test_the_apply_script_runs_on_the_cluster_and_survives_a_failover(clus
     finally:
         await client.aclose()
         sync.close()
+
+
+def test_a_real_aggregator_runs_on_the_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
+    """``python -m aggregator run`` against one node of the cluster (cluster mode asked of the
+    server): entries of three shards, spread over the masters, are applied exactly once and
+    exported on /metrics; ``status`` reads the cluster too. (With LSM_REDIS_CLUSTER=false the
+    same run fails: the shards on other nodes answer MOVED.)"""
+    namespace = "lsmtest-cluster-run"
+    keys = Keys(namespace, 3)
+    writer = RedisCluster(host="127.0.0.1", port=cluster.masters[0].port)
+    agg = AggregatorProcess(cluster.url, namespace, "agg-cluster", tmp_path, LSM_SHARDS="3")
+    try:
+        expected = 0
+        for shard in range(3):
+            for seq in range(1, 6):
+                events = [synthetic_event(shard * 1000 + seq * 10 + i) for i in range(4)]
+                writer.xadd(keys.stream(shard), entry_fields(f"p{shard}", seq, events))  # type: ignore[arg-type]
+                expected += 4
+        assert len({cluster.master_of_slot(key_slot(f"{{s{s}}}".encode())).port for s in range(3)}) >= 2
+
+        def applied() -> int:
+            return sum(int(writer.hget(keys.shard_stats(s), "events_applied") or 0) for s in range(3))
+
+        wait_for(lambda: applied() == expected, 30, what=f"{expected} events applied ({agg.log()[-2000:]})")
+
+        def requests_exported() -> float | None:
+            code, body = agg.get("/metrics", token=True)
+            if code != 200:
+                return None
+            for family in text_string_to_metric_families(body):
+                if family.name == "litellm_requests_metric":
+                    return sum(s.value for s in family.samples if s.name.endswith("_total"))
+            return None
+
+        wait_for(lambda: requests_exported() == expected, 30, what="the leader exporting every request")
+        env = {**os.environ, "LSM_REDIS_URL": cluster.url, "LSM_NAMESPACE": namespace, "LSM_SHARDS": "3"}
+        command = [sys.executable, "-m", "aggregator", "status"]
+        status = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in status.stderr, status.stderr
+        assert status.stdout.count("applied 20 events in 5 entries") == 3, status.stdout
+        assert "no problems" in status.stdout and status.returncode == 0, status.stdout
+        assert "MOVED" not in agg.log() and "CROSSSLOT" not in agg.log(), agg.log()
+    finally:
+        agg.stop()
+        writer.close()
