@@ -124,16 +124,19 @@ class LocalCluster:
         master: Any = self.command(self.masters[index], "INFO", "replication")
         offset = int(master["master_repl_offset"])
         for replica in self.replica_groups[index]:
+            if replica.process is None:
+                continue  # killed earlier and not started again
             info: Any = self.command(replica, "INFO", "replication")
             if int(info.get("slave_repl_offset", -1)) < offset:
                 return False
         return True
 
-    def kill_master(self, index: int, timeout: float = 30.0, synced: bool = True) -> LocalServer:
+    def kill_master(self, index: int, timeout: float = 30.0, synced: bool = True, rejoin: bool = True) -> LocalServer:
         """SIGKILL master ``index`` and wait until one of its replicas has taken over; returns the
-        new master (the killed node can be started again later; it rejoins as a replica).
-        ``synced``: first wait until the replicas have everything (else what they had not
-        received yet is lost, as in a real crash: asynchronous replication)."""
+        new master. ``synced``: first wait until the replicas have everything (else what they
+        had not received yet is lost, as in a real crash: asynchronous replication). ``rejoin``:
+        then start the killed node again and wait until it serves as the new master's replica
+        (the cluster back at full strength)."""
         old = self.masters[index]
         group = self.replica_groups[index]
         if not group:
@@ -156,6 +159,9 @@ class LocalCluster:
         self.replica_groups[index] = [r for r in group if r is not new] + [old]
         self._wait(lambda: b"cluster_state:ok" in self.command(new, "CLUSTER", "INFO"), timeout, "ok")
         self._wait(lambda: all(self._serves_without(n, old.port) for n in self.masters), timeout, "slots moved")
+        if rejoin:
+            old.start()
+            self._wait(self.healthy, timeout, "the killed node back as a replica")
         return new
 
     def _serves_without(self, node: LocalServer, port: int) -> bool:

@@ -29,8 +29,10 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from producer import __version__
 from producer.keys import PRODUCER_STATS_TTL_SECONDS, Keys
@@ -86,20 +88,32 @@ def create_client(settings: ProducerSettings) -> redis.Redis:
     """A client with explicit timeouts and *no* automatic retries.
 
     redis-py 8 defaults to a 5 s socket timeout and several retries that may resend a write;
-    the emitter owns retrying (with the same sequence number) and backoff instead.
+    the emitter owns retrying (with the same sequence number) and backoff instead. On a Redis
+    Cluster (``LSM_REDIS_CLUSTER``, or asked of the server when unset) it is redis-py's cluster
+    client, used only to find the node that serves each key (``Emitter._write``).
     """
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[],
-        health_check_interval=0,
-        single_connection_client=False,
+    options = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    plain = redis.Redis.from_url(
+        settings.redis_url, retry_on_error=[], health_check_interval=0, single_connection_client=False, **options
     )
+    cluster = settings.redis_cluster
+    if cluster is None:
+        try:
+            info = plain.info("cluster")
+        except redis.ResponseError:  # a user without INFO (an ACL): a cluster needs LSM_REDIS_CLUSTER
+            info = {}
+        cluster = bool(int(info.get("cluster_enabled", 0)))
+    if not cluster:
+        return plain
+    plain.close()
+    return cast(redis.Redis, RedisCluster.from_url(settings.redis_url, **options))
 
 
 class Emitter:
@@ -306,7 +320,7 @@ class Emitter:
                 self._record_error(exc)
                 if client is not None:
                     with contextlib.suppress(Exception):
-                        client.connection_pool.disconnect()
+                        _forget_connections(client)
                 delay = random.uniform(0, min(s.backoff_max, s.backoff_base * (2 ** min(attempt, 30))))
                 if self._stop.is_set():
                     if time.monotonic() >= self._deadline:
@@ -318,9 +332,12 @@ class Emitter:
                     self._stop.wait(delay)
 
     def _write(self, client: redis.Redis, batches: list[_Batch], final: bool = False) -> None:
-        """One write, one round trip: an ``XADD`` per batch, then the producer's counters."""
+        """One write, one round trip: an ``XADD`` per batch, then the producer's counters. (On a
+        cluster, one round trip per node that serves one of the keys: the stream's, the
+        counters' and the registry's.)"""
         s = self.settings
-        commands = CommandBatch()
+        route = _Route(client)
+        commands = route.commands(self.stream)
         for b in batches:
             if compresses(array_length(b.nbytes, len(b.events)), s.compress_min_bytes):
                 fields = encode_entry(self.producer_id, b.seq, b.events, b.built_at, s.compress_min_bytes)
@@ -330,15 +347,12 @@ class Emitter:
                 commands.xadd(self.stream, s.stream_maxlen, header, b.events, b.nbytes)
         stats_key = self.keys.producer_stats(self.producer_id)
         stats = self._stats_mapping(batches, final)
+        commands = route.commands(stats_key)
         commands.command(b"HSET", stats_key, *[x for kv in stats.items() for x in kv])
         commands.command(b"EXPIRE", stats_key, PRODUCER_STATS_TTL_SECONDS)
-        commands.command(b"ZADD", self.keys.producer_registry(), time.time(), self.producer_id)
-        pool = client.connection_pool
-        connection = pool.get_connection()
-        try:
-            commands.execute(connection)
-        finally:
-            pool.release(connection)
+        registry = self.keys.producer_registry()
+        route.commands(registry).command(b"ZADD", registry, time.time(), self.producer_id)
+        route.execute()
 
     def _complete(self, batches: list[_Batch], elapsed: float) -> None:
         with self._lock:
@@ -495,6 +509,44 @@ def close_all() -> None:
             emitter._finish_close(*started)
         except Exception:
             log.exception("litellm-stream-metrics: cannot close a producer")
+
+
+class _Route:
+    """Where the writer's commands go: all on one connection to a single server, or, on a
+    cluster, grouped by the node serving each key (every command here has one key)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.cluster = cast(RedisCluster, client) if isinstance(client, RedisCluster) else None
+        self.batches: dict[str, tuple[redis.Redis, CommandBatch]] = {}
+
+    def commands(self, key: str) -> CommandBatch:
+        if self.cluster is None:
+            name, target = "", self.client
+        else:
+            node = self.cluster.get_node_from_key(key)
+            name, target = node.name, node.redis_connection
+        if name not in self.batches:
+            self.batches[name] = (target, CommandBatch())
+        return self.batches[name][1]
+
+    def execute(self) -> None:
+        for target, commands in self.batches.values():
+            pool = target.connection_pool
+            connection = pool.get_connection()
+            try:
+                commands.execute(connection)
+            finally:
+                pool.release(connection)
+
+
+def _forget_connections(client: redis.Redis) -> None:
+    """After a failed write: drop the connections (and, on a cluster, the slot map: a node may
+    have failed over or slots moved), so the retry starts afresh."""
+    if isinstance(client, RedisCluster):
+        client.nodes_manager.initialize()
+    else:
+        client.connection_pool.disconnect()
 
 
 def _reset_all_after_fork() -> None:

@@ -34,6 +34,9 @@ class ProducerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     redis_url: Annotated[str, Alias("REDIS_URL")] = DEFAULT_REDIS_URL
+    # A Redis Cluster at redis_url (any of its nodes): true, false, or unset to ask the server
+    # (INFO cluster) when the writer first connects (in its thread, never on a request).
+    redis_cluster: bool | None = None
     namespace: str = "lsm"
     shards: int = Field(1, gt=0)
     # Buffer bounds: an event that would exceed either is dropped (reason buffer_full_*).

@@ -21,10 +21,11 @@ from redis.crc import key_slot
 from aggregator.apply import PendingEntry, ShardApplier
 from aggregator.local_cluster import LocalCluster
 from aggregator.state import Delta
+from producer.emitter import Emitter
 from producer.keys import Keys
-from producer.wire import decode_entry
+from producer.wire import decode_entry, encode_event
 from tests.events import entry_fields
-from tests.support import wait_for
+from tests.support import settings_for, wait_for
 from tests.test_aggregator_crash import synthetic_event
 from tests.test_state_reset import ROOT, AggregatorProcess
 
@@ -162,3 +163,48 @@ def test_a_real_aggregator_runs_on_the_cluster(cluster: LocalCluster, tmp_path: 
     finally:
         agg.stop()
         writer.close()
+
+
+def test_producers_write_to_the_cluster_and_follow_a_failover(cluster: LocalCluster) -> None:
+    """Real producers (``Emitter``) on three shards write through a 3-master cluster (cluster
+    mode asked of the server): every event arrives once. Then the master serving one shard is
+    killed; its producer's writes fail until the replica has taken over, then go on, and
+    nothing is lost (the replicas were in sync at the kill) or counted twice."""
+    namespace = "lsmtest-cluster-producers"
+    reader = RedisCluster(host="127.0.0.1", port=cluster.masters[0].port)
+    emitters = [Emitter(settings_for(cluster.url, namespace, shards=3)) for _ in range(6)]
+    keys = Keys(namespace, 3)
+    try:
+        shards = {keys.shard_for_producer(em.producer_id) for em in emitters}
+        for i in range(50):
+            for em in emitters:
+                assert em.offer(encode_event({"kind": "x", "t": 0, "i": i}))
+        wait_for(lambda: all(em.counters.sent == 50 for em in emitters), 20, what="first events sent")
+        # One shard's master dies.
+        victim = emitters[0]
+        slot = key_slot(keys.stream(keys.shard_for_producer(victim.producer_id)).encode())
+        cluster.kill_master(cluster.masters.index(cluster.master_of_slot(slot)))
+        for i in range(50, 100):
+            for em in emitters:
+                assert em.offer(encode_event({"kind": "x", "t": 0, "i": i}))
+        wait_for(lambda: all(em.counters.sent == 100 for em in emitters), 30, what="all events sent")
+        assert victim.counters.flush_errors > 0  # it did write to the dead master first
+        for em in emitters:
+            assert em.close(5)
+        got: dict[str, list[int]] = {em.producer_id: [] for em in emitters}
+        seen: set[tuple[str, int]] = set()
+        for shard in shards:
+            for _id, fields in reader.xrange(keys.stream(shard)):
+                entry = decode_entry(fields)
+                if (entry.producer_id, entry.seq) not in seen:
+                    seen.add((entry.producer_id, entry.seq))
+                    got[entry.producer_id] += [e["i"] for e in entry.events]
+        assert all(sorted(v) == list(range(100)) for v in got.values()), {k: len(v) for k, v in got.items()}
+        # Each producer's counters and registry entry are on the cluster too.
+        for em in emitters:
+            assert reader.hget(keys.producer_stats(em.producer_id), "events_sent") == b"100"
+        assert reader.zcard(keys.producer_registry()) == len(emitters)
+    finally:
+        for em in emitters:
+            em.close(1)
+        reader.close()

@@ -26,6 +26,7 @@ def test_from_env_reads_process_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_every_field_is_parsed_with_its_type() -> None:
     env = {
         "LSM_REDIS_URL": "rediss://user:pw@redis.example:6380/2",
+        "LSM_REDIS_CLUSTER": "true",
         "LSM_NAMESPACE": "prod.metrics-1",
         "LSM_SHARDS": "4",
         "LSM_BUFFER_MAX_EVENTS": "1_000",
@@ -48,6 +49,7 @@ def test_every_field_is_parsed_with_its_type() -> None:
     s = ProducerSettings.from_env(env)
     assert s == ProducerSettings(
         redis_url="rediss://user:pw@redis.example:6380/2",
+        redis_cluster=True,
         namespace="prod.metrics-1",
         shards=4,
         buffer_max_events=1000,
