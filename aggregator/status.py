@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from aggregator.leadership import exporter_lease_key
 from aggregator.selfmetrics import ProducerHealth, producer_health, shard_health
@@ -35,6 +36,8 @@ class ShardStatus:
     oldest_pending_age_seconds: float
     consumers: int
     stats: dict[str, int]
+    #: On a Redis Cluster, the master serving the shard's slot (host:port); else None.
+    node: str | None = None
 
 
 @dataclass
@@ -96,7 +99,15 @@ def _shard(client: redis.Redis, keys: Keys, shard: int, group: str, now: float) 
         oldest_pending_age_seconds=round(h.oldest_pending_age, 3),
         consumers=h.consumers,
         stats=h.stats,
+        node=node_of(client, stream),
     )
+
+
+def node_of(client: redis.Redis, key: str) -> str | None:
+    """The cluster master serving ``key`` (host:port), or None with a single server."""
+    if isinstance(client, RedisCluster):
+        return str(client.get_node_from_key(key).name)
+    return None
 
 
 def _producer(p: ProducerHealth, closed: bool, now: float) -> ProducerStatus:
@@ -193,8 +204,9 @@ def render(status: Status, settings: AggregatorSettings) -> str:
     for s in status.shards:
         st = s.stats
         backlog = "unknown" if s.backlog is None else f"{s.backlog:,}"
+        where = f" on {s.node}" if s.node else ""
         lines.append(
-            f"shard {s.shard}: stream {s.stream_length:,} entries, backlog {backlog} "
+            f"shard {s.shard}{where}: stream {s.stream_length:,} entries, backlog {backlog} "
             f"(oldest {_seconds(s.backlog_age_seconds)}), pending {s.pending:,} "
             f"(oldest {_seconds(s.oldest_pending_age_seconds)}), {s.consumers} consumer(s)"
         )

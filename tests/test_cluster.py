@@ -158,6 +158,10 @@ def test_a_real_aggregator_runs_on_the_cluster(cluster: LocalCluster, tmp_path: 
         status = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert "Traceback" not in status.stderr, status.stderr
         assert status.stdout.count("applied 20 events in 5 entries") == 3, status.stdout
+        # Which master serves each shard.
+        for shard in range(3):
+            master = cluster.master_of_slot(key_slot(f"{{s{shard}}}".encode()))
+            assert f"shard {shard} on 127.0.0.1:{master.port}:" in status.stdout, status.stdout
         assert "no problems" in status.stdout and status.returncode == 0, status.stdout
         assert "MOVED" not in agg.log() and "CROSSSLOT" not in agg.log(), agg.log()
     finally:
