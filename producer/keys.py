@@ -122,6 +122,10 @@ class Keys:
         on the shard's own hash tag so a checkpoint can check it with the shard's state."""
         return self._shard_key(shard, "owner")
 
+    def checkpoint(self, shard: int) -> str:
+        """Hash of the shard's last committed checkpoint (position, epoch, number, committed_at)."""
+        return self._shard_key(shard, "checkpoint")
+
     def owner_registry(self) -> str:
         """Sorted set of the live aggregator processes that own shards (score: last heartbeat,
         Redis server time), from which each works out its fair share."""
