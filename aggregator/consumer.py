@@ -406,32 +406,7 @@ class ShardConsumer:
     def _decode(
         self, entries: Sequence[tuple[Any, Any]], deliveries: Mapping[str, int]
     ) -> tuple[list[PendingEntry], list[DeadEntry]]:
-        pending: list[PendingEntry] = []
-        dead: list[DeadEntry] = []
-        s = self.settings
-        for raw_id, fields in entries:
-            entry_id = _text(raw_id)
-            n = deliveries.get(entry_id, 0)
-            if n > s.max_deliveries + s.max_isolated_attempts:
-                detail = f"{n} deliveries; not applied in {n - 1 - s.max_deliveries} attempts alone"
-                dead.append(DeadEntry(entry_id, "too_many_deliveries", detail, *_header(fields)))
-                continue
-            size = len(fields.get(F_DATA.encode(), b""))
-            if size > s.max_entry_bytes:  # decode_entry bounds only decompressed data
-                limit = s.max_entry_bytes
-                detail = f"{size} bytes of events; the limit is {limit}"
-                dead.append(DeadEntry(entry_id, "too_large", detail, *_header(fields)))
-                continue
-            try:
-                entry = decode_entry(fields, s.max_entry_bytes)
-            except WireError as exc:
-                dead.append(DeadEntry(entry_id, exc.reason, exc.detail, *_header(fields)))
-                continue
-            if entry.seq > MAX_SEQ:  # the apply and gap scripts compute with Lua's doubles
-                dead.append(DeadEntry(entry_id, "bad_header", f"sequence {entry.seq} is above {MAX_SEQ}"))
-                continue
-            pending.append(PendingEntry(entry_id, entry.producer_id, entry.seq, entry.events))
-        return pending, dead
+        return decode_batch(entries, self.settings, deliveries)
 
     def _start_keeper(self, ids: list[str]) -> asyncio.Task[None]:
         return asyncio.create_task(self._keep_owned(ids))
@@ -517,6 +492,38 @@ class _Prepared:
             return build(entries)
 
         return build_prepared
+
+
+def decode_batch(
+    entries: Sequence[tuple[Any, Any]], s: AggregatorSettings, deliveries: Mapping[str, int]
+) -> tuple[list[PendingEntry], list[DeadEntry]]:
+    """Decode read entries; those that cannot be applied become dead entries, with their reason
+    (``deliveries``: how often each was delivered, where known)."""
+    pending: list[PendingEntry] = []
+    dead: list[DeadEntry] = []
+    for raw_id, fields in entries:
+        entry_id = _text(raw_id)
+        n = deliveries.get(entry_id, 0)
+        if n > s.max_deliveries + s.max_isolated_attempts:
+            detail = f"{n} deliveries; not applied in {n - 1 - s.max_deliveries} attempts alone"
+            dead.append(DeadEntry(entry_id, "too_many_deliveries", detail, *_header(fields)))
+            continue
+        size = len(fields.get(F_DATA.encode(), b""))
+        if size > s.max_entry_bytes:  # decode_entry bounds only decompressed data
+            limit = s.max_entry_bytes
+            detail = f"{size} bytes of events; the limit is {limit}"
+            dead.append(DeadEntry(entry_id, "too_large", detail, *_header(fields)))
+            continue
+        try:
+            entry = decode_entry(fields, s.max_entry_bytes)
+        except WireError as exc:
+            dead.append(DeadEntry(entry_id, exc.reason, exc.detail, *_header(fields)))
+            continue
+        if entry.seq > MAX_SEQ:  # the apply and gap scripts compute with Lua's doubles
+            dead.append(DeadEntry(entry_id, "bad_header", f"sequence {entry.seq} is above {MAX_SEQ}"))
+            continue
+        pending.append(PendingEntry(entry_id, entry.producer_id, entry.seq, entry.events))
+    return pending, dead
 
 
 def _first_copies(entries: Sequence[PendingEntry]) -> list[PendingEntry]:

@@ -174,14 +174,16 @@ class ShardMemory:
         now: float,
     ) -> BatchResult:
         """Apply decoded entries (and count the undecodable ones): duplicates are skipped,
-        suspect sequence numbers dead-lettered, the new entries' events applied. Entry by entry,
-        in stream order, so the result does not depend on where batches begin and end."""
+        suspect sequence numbers dead-lettered, the new entries' events applied. Entries are
+        classified against the state before the batch, as the apply script does; nothing changes
+        until ``build_delta`` has returned, so an engine error leaves the state as it was."""
         new: list[PendingEntry] = []
         dead_out: list[DeadEntry] = []
         duplicates = 0
+        in_batch: set[tuple[str, int]] = set()
         for e in entries:
             state = self.classify(e.producer_id, e.seq)
-            if state == DUPLICATE:
+            if state == DUPLICATE or (e.producer_id, e.seq) in in_batch:
                 duplicates += 1
             elif state == SUSPECT:
                 mark = self.producers[e.producer_id].mark if e.producer_id in self.producers else 0
@@ -191,8 +193,11 @@ class ShardMemory:
                 )
                 dead_out.append(DeadEntry(e.entry_id, "suspect_sequence", detail))
             else:
-                self.record(e.producer_id, e.seq, e.entry_id)
+                in_batch.add((e.producer_id, e.seq))
                 new.append(e)
+        delta = build_delta(new) if new else Delta()
+        for e in new:
+            self.record(e.producer_id, e.seq, e.entry_id)
         for d in dead:
             # Processed, not lost, when its header was readable (unless its seq is suspect).
             if d.producer_id and d.seq and self.classify(d.producer_id, d.seq) != SUSPECT:
@@ -200,7 +205,6 @@ class ShardMemory:
             dead_out.append(d)
         for d in dead_out:
             self.count(f"dead_{d.reason}")
-        delta = build_delta(new) if new else Delta()
         events = 0
         for e in new:
             n = len(e.events) - delta.rejected.get(e.entry_id, 0)
@@ -323,6 +327,12 @@ class ShardMemory:
         return h
 
     # -- writing back ------------------------------------------------------------------------------
+
+    def dirty_fields(self) -> int:
+        """About how many fields the next :meth:`changes` writes (what bounds a checkpoint)."""
+        fields = sum(len(h.dirty) + len(h.deleted) for h in self.hashes.values())
+        fields += sum(len(p.added) + len(p.removed) + 1 for p in self.producers.values() if p.mark_dirty)
+        return fields + len(self.stats) + len(self.applied_by_producer)
 
     def changes(self) -> Changes:
         """Everything changed since the last call, as absolute values; forgets it was changed."""

@@ -1,0 +1,278 @@
+"""The single-owner ingest: each shard applied by the one process that holds its lease, its state
+in memory, committed with the stream position in fenced checkpoints.
+
+- :class:`ShardOwner` runs one owned shard: on taking it over it loads the last checkpoint and
+  the state it covers (aggregator/checkpoint.py, aggregator/shard_memory.py), reads the stream
+  from the checkpoint's position on, applies every batch in memory, and commits a checkpoint
+  every ``checkpoint_interval`` seconds, or sooner when the changes approach the bound of one
+  checkpoint. Any failure to commit (fenced, or Redis unreachable) drops the state in memory: it
+  takes the shard over again from what Redis holds, which is always correct because applying is
+  deterministic. Handing the shard over ends with a last checkpoint.
+- :class:`Owners` divides the shards among the live processes (aggregator/ownership.py) and
+  runs a :class:`ShardOwner` for each shard this process holds.
+
+A crash loses nothing: the successor reads again everything after the last checkpoint. Not yet
+part of ``python -m aggregator run`` (which uses the consumer group, consumer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from aggregator import checkpoint as checkpoints
+from aggregator.apply import DeadEntry, PendingEntry
+from aggregator.checkpoint import Checkpoint, Fenced
+from aggregator.consumer import decode_batch
+from aggregator.lease import Lease
+from aggregator.ownership import ShardOwnership
+from aggregator.schema import MetricSchema
+from aggregator.series_limits import MetricLimits
+from aggregator.settings import AggregatorSettings
+from aggregator.shard_memory import ShardMemory
+from aggregator.state import Delta
+from producer.keys import Keys
+
+log = logging.getLogger("litellm_stream_metrics.aggregator")
+
+DeltaBuilder = Callable[[Sequence[PendingEntry]], Delta]
+
+
+@dataclass
+class OwnerCounters:
+    takeovers: int = 0
+    entries_read: int = 0
+    events_applied: int = 0
+    checkpoints: int = 0
+    checkpoint_seconds_max: float = 0.0
+    refused: int = 0
+    engine_errors: int = 0
+
+
+class ShardOwner:
+    """One owned shard, from takeover to handover."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: AggregatorSettings,
+        shard: int,
+        lease: Lease,
+        build_delta: DeltaBuilder,
+        hash_keys: Sequence[str],
+        limits: Mapping[str, MetricLimits] | None = None,
+        checkpoint_interval: float = 0.25,
+        max_fields: int = checkpoints.MAX_FIELDS,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = settings.keys
+        self.shard = shard
+        self.lease = lease
+        self.build_delta = build_delta
+        self.hash_keys = list(hash_keys)
+        self.limits = dict(limits or {})
+        self.checkpoint_interval = checkpoint_interval
+        # Checkpoint when the changes reach half the bound: one batch more cannot overflow it.
+        self.soon = max_fields // 2
+        self.stream = self.keys.stream(shard)
+        self.counters = OwnerCounters()
+        self.memory = ShardMemory(self.keys, shard, self.limits, settings.max_seq_jump)
+        self.checkpoint = Checkpoint()
+        self.position = checkpoints.START
+        self._dead: list[dict[str, Any]] = []
+        self._changed = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Own the shard until ``stop`` is set or the lease is lost."""
+        while not stop.is_set() and self.lease.held():
+            try:
+                await self._take_over()
+                await self._loop(stop)
+                if self.lease.held():
+                    await self._commit()  # the handover's last checkpoint
+                return
+            except (Fenced, RedisError, OSError) as exc:
+                self.counters.refused += isinstance(exc, Fenced)
+                log.warning("shard %d: %s; taking the shard over again from Redis", self.shard, exc)
+                await _sleep_or_stop(stop, 0.2)
+
+    async def _take_over(self) -> None:
+        self.counters.takeovers += 1
+        started = time.perf_counter()
+        self.checkpoint = await checkpoints.load(self.client, self.keys, self.shard)
+        self.position = self.checkpoint.position
+        self.memory = ShardMemory(self.keys, self.shard, self.limits, self.settings.max_seq_jump)
+        fields = await self.memory.load(self.client, self.hash_keys)
+        self._dead = []
+        self._changed = False
+        log.info(
+            "shard %d: taken over at checkpoint %d (position %s, %d fields loaded in %.2f s)",
+            self.shard,
+            self.checkpoint.number,
+            self.position,
+            fields,
+            time.perf_counter() - started,
+        )
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        last_commit = time.monotonic()
+        block_ms = max(1, int(min(self.settings.block_seconds, self.checkpoint_interval) * 1000))
+        while not stop.is_set() and self.lease.held():
+            reply: Any = await self.client.xread(
+                {self.stream: self.position}, count=self.settings.read_count, block=block_ms
+            )
+            entries = reply[0][1] if reply else []
+            if entries:
+                self._apply(entries)
+            due = time.monotonic() - last_commit >= self.checkpoint_interval
+            if self._changed and (due or self.memory.dirty_fields() + len(self._dead) >= self.soon):
+                await self._commit()
+                last_commit = time.monotonic()
+
+    def _apply(self, entries: Sequence[tuple[Any, Any]]) -> None:
+        raw = {_text(i): f for i, f in entries}
+        pending, dead = decode_batch(entries, self.settings, {})
+        now = time.time()
+        try:
+            result = self.memory.apply_batch(pending, dead, self.build_delta, now)
+        except Exception:
+            good, bad = self._isolate(pending)
+            result = self.memory.apply_batch(good, [*dead, *bad], self.build_delta, now)
+        for d in result.dead:
+            self._dead.append(_dead_letter(d, raw.get(d.entry_id, {}), self.settings.consumer_name, now))
+        self.position = _text(entries[-1][0])
+        self.counters.entries_read += len(entries)
+        self.counters.events_applied += result.applied_events
+        self._changed = True
+
+    def _isolate(self, pending: Sequence[PendingEntry]) -> tuple[list[PendingEntry], list[DeadEntry]]:
+        """The entries the engine builds without raising, and the others as ``engine_error``."""
+        good: list[PendingEntry] = []
+        bad: list[DeadEntry] = []
+        for e in pending:
+            try:
+                self.build_delta([e])
+            except Exception as exc:
+                self.counters.engine_errors += 1
+                log.exception("shard %d: engine error (a bug) at entry %s; dead-lettered", self.shard, e.entry_id)
+                bad.append(DeadEntry(e.entry_id, "engine_error", f"{type(exc).__name__}: {exc}", e.producer_id, e.seq))
+            else:
+                good.append(e)
+        return good, bad
+
+    async def _commit(self) -> None:
+        if not self._changed:
+            return
+        token, epoch = self.lease.token, self.lease.epoch
+        if token is None or epoch is None or not self.lease.held():
+            raise Fenced(f"shard {self.shard}: the lease ran out before the checkpoint")
+        started = time.perf_counter()
+        changes = self.memory.changes()
+        self.checkpoint = await checkpoints.commit(
+            self.client, self.keys, self.shard, token, epoch, self.checkpoint, self.position, changes, self._dead
+        )
+        self._dead = []
+        self._changed = False
+        elapsed = time.perf_counter() - started
+        self.counters.checkpoints += 1
+        self.counters.checkpoint_seconds_max = max(self.counters.checkpoint_seconds_max, elapsed)
+
+
+def state_keys(schema: MetricSchema, keys: Keys, shard: int, limits: Mapping[str, MetricLimits]) -> list[str]:
+    """Every metric hash of a shard that an owner loads: values (and gauge times), and the
+    index of each limited metric."""
+    kinds = {"counter": ("c",), "histogram": ("h",), "gauge": ("g", "gt")}
+    out = []
+    for metric in schema.config.metrics():
+        mkey = schema.metric_key(metric.name)
+        if mkey is None:
+            continue
+        out += [keys.metric(shard, kind, mkey) for kind in kinds[metric.kind]]
+        ml = limits.get(mkey)
+        for limit in (ml.general, ml.end_user) if ml is not None else ():
+            if limit is not None:
+                out.append(keys.metric(shard, limit.index_kind, mkey))
+    return out
+
+
+class Owners:
+    """The shards this process owns, each run by a :class:`ShardOwner`."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: AggregatorSettings,
+        build_delta: DeltaBuilder,
+        hash_keys: Callable[[int], Sequence[str]],
+        limits: Mapping[str, MetricLimits] | None = None,
+        lease_seconds: float = 10.0,
+        checkpoint_interval: float = 0.25,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.build_delta = build_delta
+        self.hash_keys = hash_keys
+        self.limits = limits
+        self.checkpoint_interval = checkpoint_interval
+        self.owners: dict[int, ShardOwner] = {}
+        self._tasks: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self.ownership = ShardOwnership(
+            client, settings.keys, settings.consumer_name, lease_seconds, self._acquired, self._released
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.ownership.run(stop)
+
+    async def _acquired(self, shard: int, lease: Lease) -> None:
+        owner = ShardOwner(
+            self.client,
+            self.settings,
+            shard,
+            lease,
+            self.build_delta,
+            self.hash_keys(shard),
+            self.limits,
+            self.checkpoint_interval,
+        )
+        done = asyncio.Event()
+        self.owners[shard] = owner
+        self._tasks[shard] = (asyncio.create_task(owner.run(done), name=f"owner {shard}"), done)
+
+    async def _released(self, shard: int, lost: bool) -> None:
+        task, done = self._tasks.pop(shard)
+        done.set()  # a handover: the owner commits a last checkpoint, then returns
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.owners.pop(shard, None)
+
+
+def _dead_letter(d: DeadEntry, original: Mapping[Any, Any], owner: str, now: float) -> dict[str, Any]:
+    """A dead letter's fields, as apply.lua writes them: why, then the entry's own fields."""
+    fields: dict[str, Any] = {
+        "dead_entry_id": d.entry_id,
+        "dead_reason": d.reason,
+        "dead_detail": d.detail[:500],
+        "dead_consumer": owner,
+        "dead_at": repr(now),
+    }
+    for name, value in original.items():
+        fields["orig_" + _text(name)] = value
+    return fields
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

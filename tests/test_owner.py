@@ -1,0 +1,157 @@
+"""The single-owner ingest (aggregator/owner.py) under kill -9: owner processes are killed at
+random while real producers write; the survivors and new processes take the shards over from
+the last fenced checkpoint, and every counter ends exactly at what was produced."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from aggregator.engine import Engine
+from aggregator.litellm_config import MetricsConfig
+from aggregator.snapshot import read_families
+from producer.emitter import Emitter
+from producer.keys import Keys
+from producer.wire import encode_event
+from tests.support import settings_for, wait_for
+from tests.test_aggregator_crash import CHECKED, expected_totals, synthetic_event
+
+pytestmark = [pytest.mark.fault]
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARDS = 2
+
+OWNER_PROCESS = """
+import asyncio, logging, signal, sys
+from aggregator.connections import open_async
+from aggregator.engine import Engine
+from aggregator.litellm_config import MetricsConfig
+from aggregator.owner import Owners, state_keys
+from aggregator.series_limits import build_limits
+from aggregator.settings import AggregatorSettings
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+async def main():
+    settings = AggregatorSettings.load()
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+    limits = build_limits(engine.schema, settings.max_series_per_metric)
+    client = open_async(settings)
+    owners = Owners(
+        client, settings, engine.build_delta,
+        lambda shard: state_keys(engine.schema, settings.keys, shard, limits),
+        limits, lease_seconds=1.0, checkpoint_interval=0.1,
+    )
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await owners.run(stop)
+
+asyncio.run(main())
+"""
+
+
+class OwnerProcess:
+    def __init__(self, url: str, namespace: str, name: str, logdir: Path) -> None:
+        self.log_path = logdir / f"{name}.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "LSM_REDIS_URL": url,
+            "LSM_NAMESPACE": namespace,
+            "LSM_SHARDS": str(SHARDS),
+            "LSM_CONSUMER_NAME": name,
+            "LSM_BLOCK_SECONDS": "0.1",
+        }
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", OWNER_PROCESS], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def test_owners_killed_at_random_leave_every_total_exact(redis_url: str, namespace: str, tmp_path: Path) -> None:
+    n = 20_000
+    keys = Keys(namespace, SHARDS)
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    rnd = random.Random(5)
+    procs: list[OwnerProcess] = []
+    started = 0
+
+    def start() -> None:
+        nonlocal started
+        procs.append(OwnerProcess(redis_url, namespace, f"owner-{started}", tmp_path))
+        started += 1
+
+    start()
+    start()
+    # Two producers (on both shards, as their ids fall), the events split between them.
+    emitters = [Emitter(settings_for(redis_url, namespace, shards=SHARDS)) for _ in range(2)]
+    while len({keys.shard_for_producer(em.producer_id) for em in emitters}) < SHARDS:
+        emitters[1].close(1)
+        emitters[1] = Emitter(settings_for(redis_url, namespace, shards=SHARDS))
+
+    def produce() -> None:
+        t0 = time.monotonic()
+        for i in range(n):
+            assert emitters[i % 2].offer(encode_event(synthetic_event(i)))
+            if i % 200 == 0:
+                ahead = i / 4000 - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    kills = 0
+    try:
+        while producer.is_alive() or kills < 6:
+            time.sleep(rnd.uniform(0.3, 0.9))
+            live = [p for p in procs if p.proc.poll() is None]
+            victim = rnd.choice(live)
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait(10)
+            kills += 1
+            start()
+        producer.join()
+        for em in emitters:
+            assert em.close(10)
+            assert em.counters.sent == em.counters.accepted and sum(em.counters.dropped.values()) == 0
+
+        def caught_up() -> bool:
+            for shard in range(SHARDS):
+                last = client.xinfo_stream(keys.stream(shard))["last-generated-id"]  # type: ignore[index]
+                if client.hget(keys.checkpoint(shard), "position") != last:
+                    return False
+            return True
+
+        wait_for(caught_up, 60, what="every shard checkpointed up to its last entry")
+        stats = [{k.decode(): int(v) for k, v in client.hgetall(keys.shard_stats(s)).items()} for s in range(SHARDS)]
+        assert sum(s.get("events_applied", 0) for s in stats) == n, stats
+        assert not [k for s in stats for k in s if k.startswith(("dead_", "events_rejected_"))], stats
+        engine = Engine(MetricsConfig.from_litellm_settings({}))
+        families = read_families(client, keys, engine.schema)
+        expected = expected_totals(n, engine)
+        for metric in CHECKED:
+            assert families[metric].counters == expected[metric], metric
+        # The kills did force takeovers: the shards' fencing epochs went up.
+        epochs = [int(client.get(keys.shard_owner(s) + ":epoch") or 0) for s in range(SHARDS)]
+        assert sum(epochs) > SHARDS, epochs
+        assert kills >= 6
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait(10)
+        for em in emitters:
+            em.close(1)
+        client.close()
