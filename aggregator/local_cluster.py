@@ -113,6 +113,36 @@ class LocalCluster:
                 return False
         return True
 
+    def move_slot(self, slot: int, target: LocalServer, keys_per_step: int = 10, pause: float = 0.0) -> None:
+        """Migrate ``slot`` to master ``target`` the way ``redis-cli --cluster reshard`` does
+        (IMPORTING/MIGRATING, MIGRATE of its keys a few at a time, then SETSLOT NODE on every
+        master), while clients go on: they meet ASK and MOVED replies meanwhile. ``pause``:
+        seconds between steps, to keep the slot in migration longer."""
+        source = self.master_of_slot(slot)
+        if source is target:
+            return
+        source_id = self.command(source, "CLUSTER", "MYID").decode()
+        target_id = self.command(target, "CLUSTER", "MYID").decode()
+        self.command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        self.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while True:
+            names: Any = self.command(source, "CLUSTER", "GETKEYSINSLOT", slot, keys_per_step)
+            if not names:
+                break
+            self.command(source, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *names)
+            time.sleep(pause)
+        for node in [target, source, *(m for m in self.masters if m is not source and m is not target)]:
+            self.command(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        self._wait(lambda: all(self._owner_seen_by(n, slot) == target.port for n in self.masters), 30, "slot map")
+
+    def _owner_seen_by(self, node: LocalServer, slot: int) -> int | None:
+        """The port of the master serving ``slot`` as ``node`` sees it."""
+        reply: Any = self.command(node, "CLUSTER", "SLOTS")
+        for start, end, master, *_replicas in reply:
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+        return None
+
     def _known(self, node: LocalServer) -> list[str]:
         """The nodes ``node`` knows (its CLUSTER NODES lines)."""
         raw: Any = self.command(node, "CLUSTER", "NODES")

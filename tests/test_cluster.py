@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,10 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from aggregator.apply import PendingEntry, ShardApplier
+from aggregator.engine import Engine
+from aggregator.litellm_config import MetricsConfig
 from aggregator.local_cluster import LocalCluster
+from aggregator.snapshot import read_families
 from aggregator.state import Delta
 from producer.emitter import Emitter
 from producer.keys import Keys
@@ -211,4 +215,49 @@ def test_producers_write_to_the_cluster_and_follow_a_failover(cluster: LocalClus
     finally:
         for em in emitters:
             em.close(1)
+        reader.close()
+
+
+def test_a_shard_moves_to_another_master_while_traffic_flows(cluster: LocalCluster, tmp_path: Path) -> None:
+    """``reshard`` of shard 0's slot to another master while a producer writes and an aggregator
+    applies: both meet ASK and MOVED replies, and every event is applied exactly once."""
+    namespace = "lsmtest-cluster-reshard"
+    keys = Keys(namespace)
+    reader = RedisCluster(host="127.0.0.1", port=cluster.masters[0].port)
+    emitter = Emitter(settings_for(cluster.url, namespace))
+    agg = AggregatorProcess(cluster.url, namespace, "agg-reshard", tmp_path)
+    slot = key_slot(b"{s0}")
+    n = 3000
+    try:
+
+        def produce() -> None:
+            for i in range(n):
+                assert emitter.offer(encode_event(synthetic_event(i)))
+                if i % 50 == 0:
+                    time.sleep(0.06)  # about 3.6 s of traffic: the migration happens within it
+
+        writer = threading.Thread(target=produce)
+        writer.start()
+        wait_for(lambda: int(reader.hget(keys.shard_stats(0), "events_applied") or 0) > 200, 30, what="traffic")
+        source = cluster.master_of_slot(slot)
+        target = next(m for m in cluster.masters if m is not source)
+        cluster.move_slot(slot, target, keys_per_step=1, pause=0.05)
+        assert cluster.master_of_slot(slot) is target
+        writer.join()
+        assert emitter.close(10) and emitter.counters.sent == n
+        # The producer did meet the migration (ASK or MOVED on its stream), and went on.
+        assert emitter.counters.flush_errors > 0, emitter.counters
+
+        def applied() -> int:
+            return int(reader.hget(keys.shard_stats(0), "events_applied") or 0)
+
+        wait_for(lambda: applied() == n, 60, what=f"{n} events applied ({agg.log()[-1500:]})")
+        engine = Engine(MetricsConfig.from_litellm_settings({}))
+        families = read_families(reader, keys, engine.schema)  # type: ignore[arg-type]
+        assert sum(families["litellm_requests_metric"].counters.values()) == n
+        stats = {k.decode(): int(float(v)) for k, v in reader.hgetall(keys.shard_stats(0)).items()}
+        assert not {k: v for k, v in stats.items() if k.startswith(("dead_", "lost_"))}, stats
+    finally:
+        agg.stop()
+        emitter.close(1)
         reader.close()
