@@ -16,6 +16,7 @@ from aggregator.exporter import Exporter
 from aggregator.http_server import MetricsServer
 from aggregator.leadership import Leadership
 from aggregator.litellm_config import MetricsConfig
+from aggregator.owner import Owners, state_keys
 from aggregator.series_limits import build_limits
 from aggregator.settings import AggregatorSettings
 from producer.urls import passwords_in, safe_url
@@ -48,26 +49,40 @@ class Aggregator:
         schemas = {mkey: schema.labels[name] for name, mkey in schema.keys.items()}
         limits = build_limits(schema, settings.max_series_per_metric)
         gauge_keys = [k for m in self.config.metrics() if m.kind == "gauge" and (k := schema.metric_key(m.name))]
-        self.consumers = [
-            ShardConsumer(
-                self.client, settings, shard, self.engine.build_delta, schemas, limits=limits, gauge_keys=gauge_keys
+        #: The "group" ingest: a consumer per shard. The "owner" ingest: the shards this process owns.
+        self.consumers: list[ShardConsumer] = []
+        self.owners: Owners | None = None
+        if settings.ingest == "owner":
+            self.owners = Owners(
+                self.client,
+                settings,
+                self.engine.build_delta,
+                lambda shard: state_keys(schema, settings.keys, shard, limits),
+                limits,
+                settings.owner_lease_seconds,
+                settings.checkpoint_interval,
             )
-            for shard in range(settings.shards)
-        ]
+        else:
+            self.consumers = [
+                ShardConsumer(
+                    self.client, settings, shard, self.engine.build_delta, schemas, limits=limits, gauge_keys=gauge_keys
+                )
+                for shard in range(settings.shards)
+            ]
         self.stop = asyncio.Event()
         self.leadership = Leadership(self.client, settings.keys, settings.consumer_name, settings.leader_lease_seconds)
-        self.exporter = Exporter(settings, schema, self.consumers, self.leadership)
+        self.exporter = Exporter(settings, schema, self.consumers, self.leadership, self.owners)
         self.budgets = BudgetJobs(settings, schema, self.exporter.registry)
         # Bound now, so a taken port or missing credentials fail at start, not later.
         self.server = MetricsServer(settings, self.exporter) if serve_http else None
 
     async def run(self) -> None:
         log.info(
-            "aggregator %s: namespace %s, %d shard(s), group %s, redis %s",
+            "aggregator %s: namespace %s, %d shard(s), %s, redis %s",
             self.settings.consumer_name,
             self.settings.namespace,
             self.settings.shards,
-            self.settings.group,
+            "one owner per shard (experimental)" if self.owners is not None else f"group {self.settings.group}",
             safe_url(self.settings.redis_url, passwords_in(self.settings.redis_url)),
         )
         if self.server is not None:
@@ -75,7 +90,10 @@ class Aggregator:
         leadership = asyncio.create_task(self.leadership.run(self.stop))
         try:
             await self.budgets.start()
-            await asyncio.gather(*(c.run(self.stop) for c in self.consumers))
+            if self.owners is not None:
+                await self.owners.run(self.stop)
+            else:
+                await asyncio.gather(*(c.run(self.stop) for c in self.consumers))
         finally:
             self.stop.set()
             await self.budgets.stop()

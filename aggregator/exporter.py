@@ -21,6 +21,7 @@ from aggregator.consumer import ShardConsumer
 from aggregator.exposition import EOF, Exposition, choose_format, render_registry
 from aggregator.http_server import RenderCache
 from aggregator.leadership import Leadership
+from aggregator.owner import Owners
 from aggregator.schema import MetricSchema
 from aggregator.selfexport import ProcessCollector, RenderStats, SharedCollector
 from aggregator.settings import AggregatorSettings
@@ -39,6 +40,7 @@ class Exporter:
         schema: MetricSchema,
         consumers: Sequence[ShardConsumer],
         leadership: Leadership,
+        owners: Owners | None = None,
     ) -> None:
         self.settings = settings
         self.keys = settings.keys
@@ -47,10 +49,12 @@ class Exporter:
         self.exposition = Exposition(self.client, self.keys, schema)
         self.leadership = leadership
         self.consumers = consumers
+        #: With the "owner" ingest: the shards this process owns (no consumers then).
+        self.owners = owners
         self.render_stats = RenderStats()
         #: This process's own self-metrics; other components (budget jobs) register here too.
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ProcessCollector(consumers, leadership, self.render_stats))
+        self.registry.register(ProcessCollector(consumers, leadership, self.render_stats, owners))
         self.shared_registry = CollectorRegistry(auto_describe=False)
         self.shared_registry.register(SharedCollector(self.client, self.keys, settings.group))
         self.cache: RenderCache[tuple[bytes, ...]] = RenderCache(settings.render_cache_seconds)
@@ -140,6 +144,8 @@ class Exporter:
                     return False, "not ready: consumer group missing", detail
         except redis.RedisError as exc:
             return False, "not ready: Redis unreachable", f"Redis unreachable: {type(exc).__name__}: {exc}"
+        if self.owners is not None and self.owners.ownership.rounds == 0:
+            return False, NOT_READY_STARTING, "shard ownership: no round completed yet"
         not_started = [str(c.shard) for c in self.consumers if not c.ready]
         if not_started:
             detail = f"shard consumer(s) {', '.join(not_started)} not started yet"
@@ -152,6 +158,8 @@ class Exporter:
         although Redis was available (see ``ShardConsumer.stalled``): restarting may help, and
         waiting has not. Process memory only: answering never waits on Redis."""
         stuck = [(c.shard, why) for c in self.consumers if (why := c.stalled(self.settings.liveness_timeout))]
+        if self.owners is not None and (why := self.owners.ownership.stalled(self.settings.liveness_timeout)):
+            stuck.append((-1, why))
         detail = "; ".join(why for _, why in stuck) or None
         with self._readiness_lock:
             changed, self._liveness_detail = detail != self._liveness_detail, detail
@@ -159,7 +167,11 @@ class Exporter:
             # Served: the shard numbers only (the open endpoint shows no error text); logged: why.
             log.warning("not alive: %s", safe_url(detail, passwords_in(self.settings.redis_url)))
         if stuck:
-            return False, "stalled: shard " + ", ".join(str(shard) for shard, _ in stuck)
+            shards = [str(shard) for shard, _ in stuck if shard >= 0]
+            parts = (["shard " + ", ".join(shards)] if shards else []) + [
+                "shard ownership" for shard, _ in stuck if shard < 0
+            ]
+            return False, "stalled: " + "; ".join(parts)
         return True, "ok"
 
     def close(self) -> None:

@@ -44,6 +44,8 @@ from producer.keys import Keys
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
 DeltaBuilder = Callable[[Sequence[PendingEntry]], Delta]
+#: Seconds between trims of an owned shard's stream below its checkpoint.
+TRIM_INTERVAL = 10.0
 
 
 @dataclass
@@ -90,6 +92,7 @@ class ShardOwner:
         self.position = checkpoints.START
         self._dead: list[dict[str, Any]] = []
         self._changed = False
+        self._next_trim = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Own the shard until ``stop`` is set or the lease is lost."""
@@ -185,6 +188,11 @@ class ShardOwner:
         elapsed = time.perf_counter() - started
         self.counters.checkpoints += 1
         self.counters.checkpoint_seconds_max = max(self.counters.checkpoint_seconds_max, elapsed)
+        if time.monotonic() >= self._next_trim:
+            # What a checkpoint covers is never read again: trim below it (approximately, so
+            # Redis drops whole nodes of the stream only).
+            self._next_trim = time.monotonic() + TRIM_INTERVAL
+            await self.client.xtrim(self.stream, minid=self.position, approximate=True)
 
 
 def state_keys(schema: MetricSchema, keys: Keys, shard: int, limits: Mapping[str, MetricLimits]) -> list[str]:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 
@@ -85,12 +86,26 @@ class ShardOwnership:
         self.acquisitions = 0
         self.handovers = 0
         self.losses = 0
+        #: Rounds completed, and the monotonic time of the last one (readiness and liveness).
+        self.rounds = 0
+        self.last_round: float | None = None
+        #: Monotonic time of the last round that failed on Redis (unavailable: waiting helps).
+        self.last_failure: float | None = None
+        self.started = time.monotonic()
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._offset = zlib.crc32(owner.encode()) % keys.shards
 
     def owned(self) -> dict[int, int]:
         """shard -> fencing epoch, for the shards whose lease is certainly still held."""
         return {s: lease.epoch for s, lease in self.leases.items() if lease.held() and lease.epoch is not None}
+
+    def stalled(self, timeout: float) -> str | None:
+        """Why this process's ownership rounds made no progress for ``timeout`` seconds although
+        Redis answered (a restart may help), or None."""
+        last = self.last_round or self.started
+        if time.monotonic() - last <= timeout or (self.last_failure is not None and self.last_failure > last):
+            return None
+        return f"no shard ownership round completed for {time.monotonic() - last:.0f} s"
 
     async def step(self) -> None:
         """One round: heartbeat, renew, hand over extra shards, take free ones up to the share."""
@@ -104,6 +119,8 @@ class ShardOwnership:
             await self._hand_over(shard)
         if len(self.leases) < self.share:
             await self._take_free()
+        self.rounds += 1
+        self.last_round = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Rounds every third of the lease's time to live until ``stop``; then hand every shard over."""
@@ -112,6 +129,7 @@ class ShardOwnership:
                 try:
                     await self.step()
                 except (RedisError, OSError) as exc:
+                    self.last_failure = time.monotonic()
                     log.warning("shard ownership: Redis error: %s", exc)
                     await self._drop_expired()
                 with contextlib.suppress(asyncio.TimeoutError):

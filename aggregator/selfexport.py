@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 
 from aggregator.consumer import ShardConsumer
 from aggregator.leadership import Leadership
+from aggregator.owner import Owners
 from aggregator.selfmetrics import producer_health, shard_health
 from producer.keys import Keys
 
@@ -76,10 +77,17 @@ class RenderStats:
 class ProcessCollector:
     """Per-process self-metrics."""
 
-    def __init__(self, consumers: Sequence[ShardConsumer], leader: Leadership, render: RenderStats) -> None:
+    def __init__(
+        self,
+        consumers: Sequence[ShardConsumer],
+        leader: Leadership,
+        render: RenderStats,
+        owners: Owners | None = None,
+    ) -> None:
         self.consumers = consumers
         self.leader = leader
         self.render = render
+        self.owners = owners
 
     def describe(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | SummaryMetricFamily]:
         return list(self.collect())  # cheap: process memory only
@@ -117,6 +125,8 @@ class ProcessCollector:
         )
         for c in self.consumers:
             engine_errors.add_metric([str(c.shard)], float(c.counters.engine_errors))
+        for shard, owner in sorted(self.owners.owners.items()) if self.owners is not None else ():
+            engine_errors.add_metric([str(shard)], float(owner.counters.engine_errors))
         yield engine_errors
         apply = SummaryMetricFamily("lsm_apply_seconds", "Time to decode, build and apply a batch", labels=["shard"])
         batch = SummaryMetricFamily("lsm_batch_entries", "Entries per batch", labels=["shard"])
@@ -125,6 +135,8 @@ class ProcessCollector:
             batch.add_metric([str(c.shard)], count_value=c.counters.batches, sum_value=c.counters.entries_read)
         yield apply
         yield batch
+        if self.owners is not None:
+            yield from self._owner_families(self.owners)
         leader = GaugeMetricFamily("lsm_leader", "1 while this process exports the business series")
         leader.add_metric([], 1.0 if self.leader.is_leader() else 0.0)
         yield leader
@@ -178,6 +190,31 @@ class ProcessCollector:
             for metric, n in sorted(r.omitted.items()):
                 omitted.add_metric([metric], float(n))
         yield from (render, size, hits, series, skipped, errors, incomplete, omitted)
+
+    @staticmethod
+    def _owner_families(owners: Owners) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        """The "owner" ingest: which shards this process owns, and its checkpoints."""
+        owned = GaugeMetricFamily("lsm_shard_owner", "1 for each shard this process owns", labels=["shard", "epoch"])
+        for shard, epoch in sorted(owners.ownership.owned().items()):
+            owned.add_metric([str(shard), str(epoch)], 1.0)
+        yield owned
+        families = {
+            "checkpoints": CounterMetricFamily("lsm_checkpoints", "Checkpoints committed", labels=["shard"]),
+            "takeovers": CounterMetricFamily(
+                "lsm_owner_takeovers", "Takeovers of the shard (state loaded)", labels=["shard"]
+            ),
+            "refused": CounterMetricFamily("lsm_checkpoints_refused", "Checkpoints refused (fenced)", labels=["shard"]),
+            "events_applied": CounterMetricFamily(
+                "lsm_owner_events_applied", "Events applied in memory", labels=["shard"]
+            ),
+        }
+        seconds = GaugeMetricFamily("lsm_checkpoint_seconds_max", "Longest checkpoint commit", labels=["shard"])
+        for shard, owner in sorted(owners.owners.items()):
+            for attr, fam in families.items():
+                fam.add_metric([str(shard)], float(getattr(owner.counters, attr)))
+            seconds.add_metric([str(shard)], owner.counters.checkpoint_seconds_max)
+        yield from families.values()
+        yield seconds
 
 
 class SharedCollector:

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -53,6 +53,14 @@ class AggregatorSettings(BaseModel):
     shards: int = Field(1, ge=1, le=1024)
     group: str = Field("aggregators", min_length=1, max_length=128)
     consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}")
+    # How shards are applied: "group" (every process reads every shard through the consumer
+    # group, one apply script per batch) or "owner" (experimental: one process owns each shard,
+    # keeps its state in memory and commits fenced checkpoints; docs/architecture.md).
+    ingest: Literal["group", "owner"] = "group"
+    # The "owner" ingest: a shard's lease (a dead owner's shards are taken over after it), and
+    # the time between checkpoints.
+    owner_lease_seconds: float = Field(10.0, ge=1, le=600)
+    checkpoint_interval: float = Field(0.25, gt=0, le=10)
     # Path of the LiteLLM proxy config.yaml whose litellm_settings configure the metrics.
     litellm_config: str | None = None
     # Reading: entries per read, blocking time (must stay below the socket timeout).

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
@@ -24,6 +25,7 @@ from producer.keys import Keys
 from producer.wire import encode_event
 from tests.support import settings_for, wait_for
 from tests.test_aggregator_crash import CHECKED, expected_totals, synthetic_event
+from tests.test_state_reset import AggregatorProcess
 
 pytestmark = [pytest.mark.fault]
 
@@ -154,6 +156,73 @@ def test_owners_killed_at_random_leave_every_total_exact(redis_url: str, namespa
             if p.proc.poll() is None:
                 p.proc.kill()
                 p.proc.wait(10)
+        for em in emitters:
+            em.close(1)
+        client.close()
+
+
+def test_the_aggregator_process_runs_the_owner_ingest(redis_url: str, namespace: str, tmp_path: Path) -> None:
+    """``python -m aggregator run`` with ``LSM_INGEST=owner``: two processes share two shards,
+    are ready, export exactly what was produced and their ownership; one killed with SIGKILL,
+    the other takes its shard over and the totals stay exact."""
+    keys = Keys(namespace, SHARDS)
+    env = {
+        "LSM_SHARDS": str(SHARDS),
+        "LSM_INGEST": "owner",
+        "LSM_OWNER_LEASE_SECONDS": "1",
+        "LSM_CHECKPOINT_INTERVAL": "0.1",
+    }
+    procs = [AggregatorProcess(redis_url, namespace, f"agg-{i}", tmp_path, **env) for i in range(2)]
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    emitters = [Emitter(settings_for(redis_url, namespace, shards=SHARDS)) for _ in range(4)]
+    try:
+        for p in procs:
+            wait_for(lambda p=p: p.get("/readyz")[0] == 200, 30, what=f"{p.log_path.name} ready")
+
+        def produce(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                assert emitters[i % len(emitters)].offer(encode_event(synthetic_event(i)))
+
+        def exported() -> dict[str, float]:
+            for p in procs:
+                if p.process.poll() is not None:
+                    continue
+                code, body = p.get("/metrics", token=True)
+                if code == 200 and "litellm_requests_metric" in body:
+                    out: dict[str, float] = {}
+                    for family in text_string_to_metric_families(body):
+                        for s in family.samples:
+                            if family.name == "litellm_requests_metric" and s.name.endswith("_total"):
+                                out["requests"] = out.get("requests", 0.0) + s.value
+                            if family.name == "lsm_shard_owner":
+                                out["owned"] = out.get("owned", 0.0) + s.value
+                    return out
+            return {}
+
+        produce(0, 4000)
+        wait_for(lambda: exported().get("requests") == 4000, 30, what="4,000 requests exported")
+        # Every shard has one owner, across the two processes.
+        owned = sum(
+            float(s.value)
+            for p in procs
+            for family in text_string_to_metric_families(p.get("/metrics", token=True)[1])
+            if family.name == "lsm_shard_owner"
+            for s in family.samples
+        )
+        assert owned == SHARDS
+        procs[0].process.send_signal(signal.SIGKILL)
+        procs[0].process.wait(10)
+        produce(4000, 8000)
+        for em in emitters:
+            assert em.close(10)
+        wait_for(lambda: exported().get("requests") == 8000, 30, what="8,000 requests exported after the kill")
+        assert procs[1].get("/healthz")[0] == 200
+        stats = [{k.decode(): int(v) for k, v in client.hgetall(keys.shard_stats(s)).items()} for s in range(SHARDS)]
+        assert sum(s.get("events_applied", 0) for s in stats) == 8000, stats
+        assert "Traceback" not in procs[1].log(), procs[1].log()[-3000:]
+    finally:
+        for p in procs:
+            p.stop()
         for em in emitters:
             em.close(1)
         client.close()
