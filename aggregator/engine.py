@@ -617,8 +617,20 @@ class Engine:
             _user_alias,
             org_spend,
             org_max,
-            _user_snapshot,
+            user_snapshot,
+            key_snapshot,
+            team_snapshot,
+            org_snapshot,
         ) = raw if len(raw) == _N_BUDGET else _padded(raw, _N_BUDGET)  # wire.BUDGET_FIELDS + BUDGET_FLAGS
+        # What a snapshot carries counts only when the request carried that snapshot (a flag of
+        # 0); without it LiteLLM looks the entity up, which finds nothing without a database.
+        # An absent flag (an older producer) reads as carried.
+        if key_snapshot == 0:
+            key_reset = None
+        if team_snapshot == 0:
+            team_table_max = team_reset = None
+        if user_snapshot == 0:
+            user_table_max = user_reset = None
         g = ev.get
         if g("hashed_api_key"):
             _budget_gauges(v, _BUDGET, key_spend, key_max, key_reset, cost)
@@ -630,7 +642,8 @@ class Engine:
             _budget_gauges(
                 v, _BUDGET + 6, user_spend, user_table_max if user_max is None else user_max, user_reset, cost
             )
-        if org_spend is not None and g("org_id"):  # org gauges only when the org's spend is known
+        # Org gauges only from the org's snapshot (without it: a database look-up).
+        if (org_snapshot == 1 or (org_snapshot is None and org_spend is not None)) and g("org_id"):
             _budget_gauges(v, _BUDGET + 9, org_spend, org_max, None, cost)
 
     @staticmethod

@@ -30,7 +30,7 @@ from litellm.integrations import prometheus as _prom
 from litellm.litellm_core_utils.core_helpers import get_metadata_variable_name_from_kwargs
 from litellm.litellm_core_utils.service_tier_utils import KNOWN_REQUEST_SERVICE_TIERS as _KNOWN_SERVICE_TIERS
 
-from producer import wire
+from producer import snapshots, wire
 
 Event = dict[str, Any]
 
@@ -261,12 +261,9 @@ def _budget(pmd: Mapping[str, Any]) -> list[Any] | None:
     (absent = null); None when the request carries none (plain SDK use)."""
     if "user_api_key_spend" in pmd or "user_api_key_team_spend" in pmd or "user_api_key_user_spend" in pmd:
         values = list(map(pmd.get, wire.BUDGET_FIELDS))
-        values.append(1 if _USER_SNAPSHOT_KEYS.issubset(pmd.keys()) else 0)  # wire.BUDGET_FLAGS
+        values += snapshots.carried(pmd, values)  # wire.BUDGET_FLAGS
         return values
     return None
-
-
-_USER_SNAPSHOT_KEYS = frozenset(wire.USER_SNAPSHOT_KEYS)
 
 
 # Where the success event's copied fields come from, in wire order (wire.SUCCESS_FIELDS).

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 WIRE_MAJOR = 2
-WIRE_MINOR = 1
+WIRE_MINOR = 2
 #: Majors this reader decodes: 1.x entries (from producers before 2.0) are still read.
 READABLE_MAJORS = (1, 2)
 WIRE_VERSION = f"{WIRE_MAJOR}.{WIRE_MINOR}"
@@ -250,10 +250,10 @@ USER_SNAPSHOT_KEYS = (
     "user_api_key_user_table_max_budget",
     "user_api_key_user_alias",
 )
-# Flags after the ``budget`` list's metadata values (wire 2.1): ``user_snapshot`` is 1 when the
-# request carried every key of USER_SNAPSHOT_KEYS, else 0. Absent (a 2.0 producer): unknown,
-# read as carried (the labels 2.0 readers gave).
-BUDGET_FLAGS = ("user_snapshot",)
+# Flags after the ``budget`` list's metadata values: 1 when the request carried LiteLLM's budget
+# snapshot of that entity as LiteLLM's logger validates it (producer/snapshots.py), else 0.
+# ``user_snapshot`` since 2.1, the others since 2.2. Absent (an older producer): read as carried.
+BUDGET_FLAGS = ("user_snapshot", "key_snapshot", "team_snapshot", "org_snapshot")
 
 
 def headers_as_dict(values: object) -> dict[str, Any]:

@@ -208,6 +208,10 @@ NOBODY = Who(sha("sk-conf-nobody"), None)
 # A user whose auth carried no user budget snapshot (custom auth): LiteLLM's user budget gauges
 # then take their email and alias labels from a user lookup (no database here: empty).
 DAVE = Who(sha("sk-conf-dave"), "dave-key", None, None, "u-dave", "dave@example.com")
+# Callers whose budget snapshots LiteLLM's pydantic models refuse or convert (custom code that
+# writes the metadata): each entity's series show whether its snapshot counted.
+ERIN = Who(sha("sk-conf-erin"), "erin-key", "team-erin", None, "u-erin", "erin@example.com", "org-erin", "Org Erin")
+FRANK = Who(sha("sk-conf-frank"), "frank-key", "team-frank", None, "u-frank", "frank@example.com", "org-frank", None)
 
 RESET_SOON = (datetime.now(timezone.utc) + timedelta(days=3, hours=5)).isoformat()
 RESET_LATER = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -516,6 +520,19 @@ async def _capture_traffic() -> list[Call]:
             "chat-mini",
             proxy_metadata(DAVE, 0.3, user_snapshot=False, extra={"user_api_key_user_max_budget": 20.0}),
         )
+        odd_snapshots = {
+            "user_api_key_budget_reset_at": "some day",  # key snapshot refused
+            "user_api_key_team_table_max_budget": "lots",  # team snapshot refused
+            "user_api_key_user_budget_reset_at": "2026-12-24",  # a date: LiteLLM decides
+            "user_api_key_org_spend": None,  # org snapshot refused (spend is required)
+        }
+        await success("chat-mini", proxy_metadata(ERIN, 0.4, extra=odd_snapshots))
+        converted = {
+            "user_api_key_team_table_max_budget": "250",  # text: converted to a number
+            "user_api_key_team_budget_reset_at": 1893456000,  # a Unix time
+            "user_api_key_org_max_budget": "900.5",
+        }
+        await success("chat-mini", proxy_metadata(FRANK, 0.6, extra=converted))
         # A plain SDK call (no router, no proxy metadata at all).
         before = len(recorder.calls)
         await litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="plain sdk call")

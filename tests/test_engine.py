@@ -1183,7 +1183,12 @@ def test_odd_field_values_are_applied_or_rejected_never_raised(kind: str) -> Non
 )
 def test_user_budget_labels_follow_the_user_snapshot(flags: list[int], email: str, alias: str) -> None:
     engine = Engine(MetricsConfig.from_litellm_settings({"prometheus_user_budget_label_include_email_alias": True}))
-    values = budget(user_api_key_user_spend=1.0, user_api_key_user_table_max_budget=20.0, user_api_key_user_alias="Ann")
+    values = budget(
+        user_api_key_user_spend=1.0,
+        user_api_key_user_max_budget=20.0,  # the request's own: read with or without the snapshot
+        user_api_key_user_table_max_budget=20.0,
+        user_api_key_user_alias="Ann",
+    )
     event = success(user="user-ann", user_email="ann@example.com", budget=values + flags)
     delta = _delta_of(engine, event)
     for name in ("litellm_remaining_user_budget_metric", "litellm_user_max_budget_metric"):
@@ -1191,3 +1196,36 @@ def test_user_budget_labels_follow_the_user_snapshot(flags: list[int], email: st
         [series] = [s for (k, s) in delta.gauges if k == mkey]
         labels = dict(zip(engine.schema.label_names(name), decode_series(series), strict=True))
         assert (labels["user"], labels["user_email"], labels["user_alias"]) == ("user-ann", email, alias), name
+
+
+@pytest.mark.parametrize(
+    ("flags", "present"),
+    [
+        ([1, 1, 1, 1], {"key_reset", "team_max", "team_reset", "org"}),
+        ([1, 0, 1, 1], {"team_max", "team_reset", "org"}),  # no key snapshot: no reset time
+        ([1, 1, 0, 1], {"key_reset", "org"}),  # no team snapshot: no table budget, no reset
+        ([1, 1, 1, 0], {"key_reset", "team_max", "team_reset"}),  # no org snapshot: no org gauges
+        ([1], {"key_reset", "team_max", "team_reset", "org"}),  # a wire 2.1 producer: read as carried
+    ],
+    ids=["all", "no_key_snapshot", "no_team_snapshot", "no_org_snapshot", "wire_2_1"],
+)
+def test_snapshot_values_count_only_with_their_snapshot(flags: list[int], present: set[str]) -> None:
+    """As LiteLLM's logger: what a budget snapshot carries (a key's reset time, a team's table
+    budget and reset time, an org's spend and budget) is used only when the request carried
+    that snapshot; the request's own spends and budgets are used either way."""
+    values = budget(user_api_key_org_spend=3.0, user_api_key_org_max_budget=100.0)
+    event = success(budget=values + flags)
+    delta = _delta_of(ENGINE, event)
+    gauges = {k for k, _s in delta.gauges}
+
+    def has(name: str) -> bool:
+        return ENGINE.schema.metric_key(name) in gauges
+
+    found = {
+        "key_reset": has("litellm_api_key_budget_remaining_hours_metric"),
+        "team_max": has("litellm_team_max_budget_metric"),
+        "team_reset": has("litellm_team_budget_remaining_hours_metric"),
+        "org": has("litellm_org_max_budget_metric"),
+    }
+    assert {name for name, yes in found.items() if yes} == present
+    assert has("litellm_api_key_max_budget_metric")  # the request's own key budget: always
