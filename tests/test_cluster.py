@@ -35,6 +35,8 @@ from tests.test_state_reset import ROOT, AggregatorProcess
 
 GROUP = "aggregators"
 
+pytestmark = [pytest.mark.fault, pytest.mark.slow]  # a six-node cluster, real processes
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:

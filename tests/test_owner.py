@@ -27,7 +27,7 @@ from tests.support import settings_for, wait_for
 from tests.test_aggregator_crash import CHECKED, expected_totals, synthetic_event
 from tests.test_state_reset import AggregatorProcess
 
-pytestmark = [pytest.mark.fault]
+pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 2
