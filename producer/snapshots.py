@@ -17,6 +17,7 @@ what LiteLLM uses.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, MutableSequence
 from datetime import datetime
@@ -57,6 +58,14 @@ SNAPSHOTS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
         ),
     ),
 )
+_FIELDS = {model: fields for _flag, model, fields in SNAPSHOTS}
+# (model, ((alias, kind), ...)) in wire.BUDGET_FLAGS order: what carried() walks.
+_IN_FLAG_ORDER = tuple(
+    (model, tuple((alias, kind) for alias, _name, kind in fields))
+    for flag in wire.BUDGET_FLAGS
+    for f, model, fields in SNAPSHOTS
+    if f == flag
+)
 #: Plain field names: where any is in the metadata, LiteLLM may read a snapshot from it.
 PLAIN_NAMES = frozenset(name for _, _, fields in SNAPSHOTS for _, name, _ in fields)
 _MISSING = object()
@@ -67,46 +76,60 @@ _JSON_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]
 def _quick(value: object, kind: str) -> bool | None:
     """True: pydantic accepts it; False: it refuses it; None: ask pydantic."""
     if value is None:
-        return kind != NUMBER
+        return kind is not NUMBER
     t = type(value)
     if kind == TIME:
         if t is datetime:
             return True
-        if isinstance(value, str) and _JSON_TIME.fullmatch(value):
-            try:
-                datetime.fromisoformat(value)
-            except ValueError:
-                return None
-            return True
-        return None
+        return _json_time(value) if t is str and len(value) <= 40 else None  # type: ignore[arg-type]
     if kind == OPTIONAL_TEXT:
         return True if t is str else None
     return True if t is float or t is int else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_time(value: str) -> bool | None:
+    """A time as pydantic dumps one: True (every request of a key carries the same reset time,
+    hence the cache); anything else: None (LiteLLM's model decides)."""
+    if not _JSON_TIME.fullmatch(value):
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return True
 
 
 def carried(metadata: Mapping[str, Any], budget: MutableSequence[Any]) -> list[int]:
     """The flags (``wire.BUDGET_FLAGS`` order) of the snapshots ``metadata`` carries; where
     LiteLLM's own validation had to decide, its validated values are written into ``budget``
     (``wire.BUDGET_FIELDS`` order)."""
-    plain = not PLAIN_NAMES.isdisjoint(metadata.keys())
-    flags = dict.fromkeys(wire.BUDGET_FLAGS, 0)
-    for flag, model, fields in SNAPSHOTS:
+    plain = False
+    for name in PLAIN_NAMES:  # a few look-ups (the metadata holds dozens of keys)
+        if name in metadata:
+            plain = True
+            break
+    flags = []
+    get = metadata.get
+    for model, fields in _IN_FLAG_ORDER:
         verdict: bool | None = None if plain else True
-        for alias, _name, kind in fields:
-            if verdict is None:
-                break
-            value = metadata.get(alias, _MISSING)
-            verdict = False if value is _MISSING else _quick(value, kind)
-            if verdict is False:
-                break
+        if verdict:
+            for alias, kind in fields:
+                value = get(alias, _MISSING)
+                if value is None and kind is not NUMBER:
+                    continue  # the usual null: allowed
+                verdict = False if value is _MISSING else _quick(value, kind)
+                if not verdict:
+                    break
         if verdict is None:
-            verdict = _validate(model, metadata, fields, budget)
-        flags[flag] = 1 if verdict else 0
-    return [flags[f] for f in wire.BUDGET_FLAGS]
+            verdict = _validate(model, metadata, budget)
+        flags.append(1 if verdict else 0)
+    return flags
 
 
-def _validate(model: str, metadata: Mapping[str, Any], fields: Any, budget: MutableSequence[Any]) -> bool:
+def _validate(model: str, metadata: Mapping[str, Any], budget: MutableSequence[Any]) -> bool:
     """LiteLLM's decision (its snapshot model), the validated values copied into ``budget``."""
+    fields = _FIELDS[model]
     from_metadata = _model(model)
     if from_metadata is None:
         return all(alias in metadata for alias, _, _ in fields)  # a LiteLLM without snapshots
