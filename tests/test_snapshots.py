@@ -60,6 +60,9 @@ def metadatas() -> list[dict[str, Any]]:
 def test_the_same_decision_as_litellm(md: dict[str, Any]) -> None:
     budget = [md.get(k) for k in wire.BUDGET_FIELDS]
     flags = dict(zip(wire.BUDGET_FLAGS, snapshots.carried(md, budget), strict=True))
+    # Asked again (the decision may now come from the cache of quick decisions): the same.
+    again = [md.get(k) for k in wire.BUDGET_FIELDS]
+    assert snapshots.carried(md, again) == [flags[f] for f in wire.BUDGET_FLAGS] and again == budget
     for flag, model in MODELS.items():
         snapshot = model.from_metadata(md)
         assert flags[flag] == (snapshot is not None), (flag, md)
