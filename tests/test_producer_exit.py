@@ -43,7 +43,9 @@ HOLDING_PRODUCER = textwrap.dedent(
 
 
 @pytest.fixture
-def emitters() -> Iterator[list[Emitter]]:
+def emitters(namespace: str) -> Iterator[list[Emitter]]:
+    """Emitters closed after the test, before its namespace is cleaned up (a close writes a
+    final report: closed later, it would leave the namespace's keys behind)."""
     made: list[Emitter] = []
     yield made
     for em in made:
