@@ -135,7 +135,9 @@ class ShardOwner:
             )
             entries = reply[0][1] if reply else []
             if entries:
-                self._apply(entries)
+                # In a worker thread: the event loop stays free to renew the leases meanwhile
+                # (a read may hold tens of thousands of events).
+                await asyncio.to_thread(self._apply, entries)
             due = time.monotonic() - last_commit >= self.checkpoint_interval
             if self._changed and (due or self.memory.dirty_fields() + len(self._dead) >= self.soon):
                 await self._commit()

@@ -169,7 +169,7 @@ def test_the_aggregator_process_runs_the_owner_ingest(redis_url: str, namespace:
     env = {
         "LSM_SHARDS": str(SHARDS),
         "LSM_INGEST": "owner",
-        "LSM_OWNER_LEASE_SECONDS": "1",
+        "LSM_OWNER_LEASE_SECONDS": "3",
         "LSM_CHECKPOINT_INTERVAL": "0.1",
     }
     procs = [AggregatorProcess(redis_url, namespace, f"agg-{i}", tmp_path, **env) for i in range(2)]
