@@ -215,7 +215,7 @@ def test_the_aggregator_process_runs_the_owner_ingest(redis_url: str, namespace:
         produce(4000, 8000)
         for em in emitters:
             assert em.close(10)
-        wait_for(lambda: exported().get("requests") == 8000, 30, what="8,000 requests exported after the kill")
+        wait_for(lambda: exported().get("requests") == 8000, 60, what="8,000 requests exported after the kill")
         assert procs[1].get("/healthz")[0] == 200
         stats = [{k.decode(): int(v) for k, v in client.hgetall(keys.shard_stats(s)).items()} for s in range(SHARDS)]
         assert sum(s.get("events_applied", 0) for s in stats) == 8000, stats
