@@ -1,4 +1,5 @@
-"""Command line: ``python -m aggregator run``, ``check-config`` and ``dead-letters``."""
+"""Command line: ``python -m aggregator run``, ``check-config``, ``dead-letters``, ``status``
+and ``spread-shards``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import logging
 import os
 import sys
+from typing import cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from aggregator import dead_letters, status
-from aggregator.connections import open_sync
+from aggregator.cluster_slots import ClusterView, Move, migrate_slot, placement, plan, shard_slots
+from aggregator.connections import is_cluster, open_sync
 from aggregator.daemon import describe, run_aggregator
 from aggregator.litellm_config import ConfigError, MetricsConfig
 from aggregator.settings import AggregatorConfigError, AggregatorSettings
@@ -48,6 +52,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
         default=120.0,
         help="seconds an entry may wait to be read or stay pending before it is a problem (default 120)",
     )
+    spread = sub.add_parser(
+        "spread-shards",
+        help="on a Redis Cluster, move shards' slots so every master serves about as many shards (LSM_* settings)",
+    )
+    spread.add_argument("--dry-run", action="store_true", help="only print the moves")
     args = p.parse_args(argv)
     if args.command == "dead-letters" and args.action == "replay" and not (args.all or args.ids or args.reason):
         p.error("dead-letters replay: name dead letters (ids), --reason REASON, or --all")
@@ -67,6 +76,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
             return dead_letters_command(AggregatorSettings.load(), args)
         if args.command == "status":
             return status_command(AggregatorSettings.load(), args)
+        if args.command == "spread-shards":
+            return spread_shards_command(AggregatorSettings.load(), args)
         env = dict(os.environ)
         if args.config:
             env["LSM_LITELLM_CONFIG"] = args.config
@@ -143,6 +154,49 @@ def status_command(settings: AggregatorSettings, args: argparse.Namespace) -> in
     else:
         print(status.render(report, settings))
     return 1 if report.problems else 0
+
+
+def spread_shards_command(settings: AggregatorSettings, args: argparse.Namespace) -> int:
+    """``spread-shards``: plan the slot moves, print them, and (unless ``--dry-run``) make them."""
+    if not is_cluster(settings):
+        print("spread-shards: Redis is not a cluster (LSM_REDIS_CLUSTER / INFO cluster): nothing to spread")
+        return 0
+    client = cast(RedisCluster, open_sync(settings))
+    try:
+        view = ClusterView(client)
+        where = placement(settings.keys, view.ranges)
+        slots = shard_slots(settings.keys)
+        moves = plan(slots, {slot: where[shards[0]] for slot, shards in slots.items()}, view.masters)
+        for master in view.masters:
+            held = [str(s) for s, m in sorted(where.items()) if m == master]
+            print(f"{master}: shards {', '.join(held) or 'none'}")
+        if not moves:
+            print(f"{settings.shards} shard(s) over {len(view.masters)} master(s): already spread evenly")
+            return 0
+        for move in moves:
+            print(("would move " if args.dry_run else "moving ") + move.line())
+            if args.dry_run:
+                continue
+
+            def progress(moved: int, move: Move = move) -> None:
+                if moved % 10_000 < 100:
+                    print(f"  slot {move.slot}: {moved:,} keys moved", file=sys.stderr)
+
+            moved = migrate_slot(view.run, move, view.masters, auth=view.auth, progress=progress)
+            print(f"  done: {moved:,} keys moved")
+        if args.dry_run:
+            print(f"{len(moves)} move(s) planned (dry run: nothing moved)")
+        else:
+            print(f"{len(moves)} shard slot(s) moved; producers and aggregators follow the new slot map by themselves")
+        return 0
+    except (redis.RedisError, LookupError) as exc:
+        print(
+            safe_url(f"spread-shards failed on {settings.redis_url}: {exc}", passwords_in(settings.redis_url)),
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        client.close()
 
 
 def console_main() -> int:

@@ -4,7 +4,6 @@ and detect entries that were removed from the stream before being applied."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from aggregator.scripts import script
+from aggregator.selfmetrics import reported
 from aggregator.series_limits import MetricLimits, retire_idle
 from aggregator.settings import AggregatorSettings
 from producer.keys import PRODUCER_STATS_TTL_SECONDS, Keys
@@ -25,16 +25,6 @@ _ENDED = script("ended_producer.lua")
 GONE_AFTER_STATS_INTERVALS = 3
 # Removal records are looked through at most this often (a scan of every gauge's time hash).
 FORGET_INTERVAL = 3600.0
-
-
-def _reported(stats: Mapping[str, str], field: str) -> float:
-    """A number from a producer's counters, 0 when absent or not a finite non-negative number:
-    anyone who can write the counters could write anything there."""
-    try:
-        value = float(stats.get(field, 0) or 0)
-    except ValueError:
-        return 0.0
-    return value if math.isfinite(value) and value >= 0 else 0.0
 
 
 def _text(value: object) -> str:
@@ -210,11 +200,11 @@ class Housekeeper:
             stats = {_text(k): _text(v) for k, v in (await self.client.hgetall(self.keys.producer_stats(pid))).items()}
             if not stats:
                 continue
-            interval = _reported(stats, "stats_interval")
-            if now - _reported(stats, "updated_at") < GONE_AFTER_STATS_INTERVALS * interval:
+            interval = reported(stats, "stats_interval")
+            if now - reported(stats, "updated_at") < GONE_AFTER_STATS_INTERVALS * interval:
                 continue  # reports less often than the gone threshold assumes
             clean = "closed_at" in stats
-            unsent = 0 if clean else int(_reported(stats, "buffer_events"))
+            unsent = 0 if clean else int(reported(stats, "buffer_events"))
             if not await self._ended(
                 keys=[ended, self.keys.shard_stats(self.shard)], args=[pid, now, int(clean), unsent]
             ):

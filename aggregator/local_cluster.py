@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from aggregator.cluster_slots import Move, migrate_slot
 from aggregator.connections import open_url
 from aggregator.local_server import LocalServer, ServerError
 
@@ -98,7 +99,8 @@ class LocalCluster:
         self._wait(self.healthy, timeout, "cluster_state:ok with every replica in sync")
 
     def healthy(self) -> bool:
-        """Every node says the cluster is ok, and every master has its replicas connected."""
+        """Every node says the cluster is ok, and every master has its replicas connected and
+        in sync (``online``)."""
         for node in self.nodes:
             if node.process is None:
                 continue
@@ -111,29 +113,27 @@ class LocalCluster:
             repl: Any = self.command(master, "INFO", "replication")
             if repl.get("role") != "master" or int(repl.get("connected_slaves", 0)) < len(group):
                 return False
+            # Connected is not enough: a replica still loading the first copy confirms no write.
+            if any(repl.get(f"slave{i}", {}).get("state") != "online" for i in range(len(group))):
+                return False
         return True
 
     def move_slot(self, slot: int, target: LocalServer, keys_per_step: int = 10, pause: float = 0.0) -> None:
         """Migrate ``slot`` to master ``target`` the way ``redis-cli --cluster reshard`` does
-        (IMPORTING/MIGRATING, MIGRATE of its keys a few at a time, then SETSLOT NODE on every
-        master), while clients go on: they meet ASK and MOVED replies meanwhile. ``pause``:
-        seconds between steps, to keep the slot in migration longer."""
+        (aggregator/cluster_slots.py), while clients go on: they meet ASK and MOVED replies
+        meanwhile. ``pause``: seconds between steps, to keep the slot in migration longer."""
         source = self.master_of_slot(slot)
         if source is target:
             return
-        source_id = self.command(source, "CLUSTER", "MYID").decode()
-        target_id = self.command(target, "CLUSTER", "MYID").decode()
-        self.command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        self.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        while True:
-            names: Any = self.command(source, "CLUSTER", "GETKEYSINSLOT", slot, keys_per_step)
-            if not names:
-                break
-            self.command(source, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *names)
-            time.sleep(pause)
-        for node in [target, source, *(m for m in self.masters if m is not source and m is not target)]:
-            self.command(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        move = Move(slot, (), _name(source), _name(target))
+        masters = [_name(m) for m in self.masters if m.process is not None]
+        migrate_slot(self.run, move, masters, keys_per_step=keys_per_step, pause=pause)
         self._wait(lambda: all(self._owner_seen_by(n, slot) == target.port for n in self.masters), 30, "slot map")
+
+    def run(self, node: str, *args: str | int) -> Any:
+        """One command on the node named ``host:port`` (cluster_slots.NodeCommand)."""
+        port = int(node.rpartition(":")[2])
+        return self.command(next(n for n in self.nodes if n.port == port), *args)
 
     def _owner_seen_by(self, node: LocalServer, slot: int) -> int | None:
         """The port of the master serving ``slot`` as ``node`` sees it."""
@@ -227,6 +227,10 @@ class LocalCluster:
                 return
             time.sleep(0.05)
         raise ServerError(f"local cluster: {what} not reached within {timeout} s")
+
+
+def _name(node: LocalServer) -> str:
+    return f"127.0.0.1:{node.port}"
 
 
 def _cluster_port() -> int:

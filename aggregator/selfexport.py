@@ -266,6 +266,12 @@ class SharedCollector:
                 "Entries removed from the stream before being applied",
                 labels=["producer"],
             ),
+            CounterMetricFamily(
+                "lsm_producer_events_unreplicated",
+                "Events written while fewer than LSM_WAIT_REPLICAS replicas confirmed them in time "
+                "(what a failover of their master may lose)",
+                labels=["producer"],
+            ),
         ]
         return {f.name: f for f in fams}
 
@@ -309,4 +315,5 @@ class SharedCollector:
             f["lsm_producer_events_applied"].add_metric([p.producer_id], float(p.events_applied))
             f["lsm_producer_events_dropped"].add_metric([p.producer_id], float(p.events_dropped))
             f["lsm_producer_lost_entries"].add_metric([p.producer_id], float(p.lost_entries))
+            f["lsm_producer_events_unreplicated"].add_metric([p.producer_id], float(p.events_unreplicated))
         return list(f.values())

@@ -9,7 +9,9 @@ report) against ``events_applied``.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ class ProducerHealth:
     events_accepted: int
     last_report: float
     lost_entries: int = 0
+    events_unreplicated: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -43,6 +46,16 @@ class ShardHealth:
     oldest_pending_age: float = 0.0
     consumers: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+
+
+def reported(stats: Mapping[str, str], field: str) -> float:
+    """A number from a producer's counters, 0 when absent or not a finite non-negative number:
+    anyone who can write the counters could write anything there."""
+    try:
+        value = float(stats.get(field, 0) or 0)
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value >= 0 else 0.0
 
 
 def _text(value: object) -> str:
@@ -102,16 +115,17 @@ def producer_health(client: redis.Redis, keys: Keys) -> list[ProducerHealth]:
     for raw_id, score in registry:
         pid = _text(raw_id)
         stats = {_text(k): _text(v) for k, v in client.hgetall(keys.producer_stats(pid)).items()}
-        dropped = sum(int(v) for k, v in stats.items() if k.startswith("events_dropped_"))
+        dropped = sum(int(reported(stats, k)) for k in stats if k.startswith("events_dropped_"))
         out.append(
             ProducerHealth(
                 producer_id=pid,
-                events_sent=int(stats.get("events_sent", 0)),
+                events_sent=int(reported(stats, "events_sent")),
                 events_applied=applied.get(pid, 0),
                 events_dropped=dropped,
-                events_accepted=int(stats.get("events_accepted", 0)),
+                events_accepted=int(reported(stats, "events_accepted")),
                 last_report=float(score),
                 lost_entries=lost.get(pid, 0),
+                events_unreplicated=int(reported(stats, "events_unreplicated")),
             )
         )
     return out

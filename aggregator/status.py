@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from aggregator.cluster_slots import ClusterView, crowded
 from aggregator.leadership import exporter_lease_key
 from aggregator.selfmetrics import ProducerHealth, producer_health, shard_health
 from aggregator.settings import AggregatorSettings
@@ -49,6 +50,7 @@ class ProducerStatus:
     lost_entries: int
     last_report_age_seconds: float
     closed: bool
+    events_unreplicated: int = 0
 
 
 @dataclass
@@ -119,6 +121,7 @@ def _producer(p: ProducerHealth, closed: bool, now: float) -> ProducerStatus:
         lost_entries=p.lost_entries,
         last_report_age_seconds=round(max(0.0, now - p.last_report), 3),
         closed=closed,
+        events_unreplicated=p.events_unreplicated,
     )
 
 
@@ -149,7 +152,20 @@ def collect(client: redis.Redis, settings: AggregatorSettings, max_age: float, n
         producers=producers,
     )
     _judge(status, max_age)
+    if isinstance(client, RedisCluster):
+        _judge_spread(status, client, keys)
     return status
+
+
+def _judge_spread(status: Status, client: RedisCluster, keys: Keys) -> None:
+    """A warning when one master serves more shards than an even spread would give it."""
+    view = ClusterView(client)
+    for master, shards in crowded(keys, view.ranges, view.masters).items():
+        names = ", ".join(str(s) for s in shards)
+        status.warnings.append(
+            f"master {master} serves shards {names} of {keys.shards} over {len(view.masters)} masters: "
+            "python -m aggregator spread-shards moves them apart"
+        )
 
 
 def _judge(status: Status, max_age: float) -> None:
@@ -176,6 +192,11 @@ def _judge(status: Status, max_age: float) -> None:
     for p in status.producers:
         if p.events_dropped:
             status.warnings.append(f"producer {p.producer}: {p.events_dropped:,} events dropped")
+        if p.events_unreplicated:
+            status.warnings.append(
+                f"producer {p.producer}: {p.events_unreplicated:,} events written while fewer than "
+                "LSM_WAIT_REPLICAS replicas confirmed them (a failover of their master may lose them)"
+            )
 
 
 def _seconds(value: float | None) -> str:

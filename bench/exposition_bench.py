@@ -27,11 +27,20 @@ prometheus_client's side is built), then after building the registry and running
 generate_latest.
 
     .venv/bin/python bench/exposition_bench.py --series 10000,100000,1000000
+
+``--shards N`` spreads the identities over N shards; ``--cluster`` runs each size twice, on the
+single Redis and on a private 3-master Redis Cluster (aggregator/local_cluster.py, one replica
+each) with the shards spread over the masters (``spread-shards``'s plan): the exporter's reads go
+to every master in one pipelined round trip per step (redis-py's cluster pipeline sends to all
+nodes before reading any reply).
+
+    .venv/bin/python bench/exposition_bench.py --series 100000 --shards 6 --cluster --no-reference
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import json
@@ -51,9 +60,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
+from aggregator.cluster_slots import placement, plan, shard_slots, slot_owners
 from aggregator.engine import Engine
 from aggregator.exposition import Exposition, assemble, read_state
 from aggregator.litellm_config import MetricsConfig
+from aggregator.local_cluster import LocalCluster
 from aggregator.schema import RESET_TIME_GAUGES
 from aggregator.state import encode_series, histogram_field
 from producer.keys import Keys
@@ -137,11 +148,13 @@ def write(client: redis.Redis, keys: Keys, engine: Engine, n_ids: int, now: floa
     buffers: dict[str, dict[str, str]] = {}
     pipe = client.pipeline(transaction=False)
 
+    shard = 0
+
     def add(kind: str, name: str, field: str, value: str) -> None:
         nonlocal fields
         mkey = engine.metric_key(name)
         assert mkey is not None, name
-        k = keys.metric(0, kind, mkey)
+        k = keys.metric(shard, kind, mkey)
         buf = buffers.setdefault(k, {})
         buf[field] = value
         fields += 1
@@ -156,6 +169,7 @@ def write(client: redis.Redis, keys: Keys, engine: Engine, n_ids: int, now: floa
 
     t0 = time.monotonic()
     for i in range(n_ids):
+        shard = i % keys.shards
         labels = identity(i)
         for j, name in enumerate(COUNTERS):
             value = repr(round(0.000123 * (i + 7) * (j + 1), 9)) if name == "litellm_spend_metric" else str(i % 997 + j)
@@ -192,14 +206,27 @@ def write(client: redis.Redis, keys: Keys, engine: Engine, n_ids: int, now: floa
 
 
 def delete_namespace(client: redis.Redis, namespace: str) -> None:
-    batch: list[bytes] = []
+    pipe = client.pipeline(transaction=False)
     for k in client.scan_iter(match=f"{namespace}:*", count=1000):
-        batch.append(k)
-        if len(batch) >= 100:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
+        pipe.unlink(k)
+        if len(pipe) >= 100:
+            pipe.execute()
+    pipe.execute()
+
+
+def open_client(url: str, cluster: bool) -> redis.Redis:
+    if cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url)  # type: ignore[return-value]
+    return redis.Redis.from_url(url)
+
+
+def used_memory(client: redis.Redis) -> int:
+    info: Any = client.info("memory")
+    if "used_memory" in info:
+        return int(info["used_memory"])
+    return sum(int(node["used_memory"]) for node in info.values())  # a cluster: per node
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
@@ -263,19 +290,20 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from prometheus_client.openmetrics import exposition as om
 
     result: dict[str, Any] = {"target_series": args.one}
-    client = redis.Redis.from_url(args.redis_url)
+    client = open_client(args.redis_url, args.cluster)
     engine = Engine(MetricsConfig.from_litellm_settings({}))
     namespace = f"bench-expo-{uuid.uuid4().hex[:8]}"
-    keys = Keys(namespace, 1)
+    keys = Keys(namespace, args.shards)
+    result["where"] = f"cluster, {args.shards} shards" if args.cluster else f"one Redis, {args.shards} shard(s)"
     now = time.time()
     n_ids = identities_for(args.one)
     try:
-        before = client.info("memory")["used_memory"]
+        before = used_memory(client)
         t = time.perf_counter()
         result["fields_written"] = write(client, keys, engine, n_ids, now)
         result["write_s"] = time.perf_counter() - t
         result["identities"] = n_ids
-        result["redis_data_mib"] = (client.info("memory")["used_memory"] - before) / 2**20
+        result["redis_data_mib"] = (used_memory(client) - before) / 2**20
         print(
             f"  written: {result['fields_written']:,} fields in {result['write_s']:.0f} s", file=sys.stderr, flush=True
         )
@@ -337,6 +365,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def spread(cluster: LocalCluster, shards: int) -> None:
+    """Move the bench's shard slots apart, as ``python -m aggregator spread-shards`` would."""
+    keys = Keys("bench", shards)
+    masters = [f"127.0.0.1:{m.port}" for m in cluster.masters]
+    ranges = slot_owners(cluster.command(cluster.masters[0], "CLUSTER", "SLOTS"))
+    where = placement(keys, ranges)
+    slots = shard_slots(keys)
+    for move in plan(slots, {slot: where[s[0]] for slot, s in slots.items()}, masters):
+        cluster.move_slot(move.slot, next(m for m in cluster.masters if f"127.0.0.1:{m.port}" == move.target))
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -360,6 +399,7 @@ def report(rows: list[dict[str, Any]]) -> Iterator[str]:
     def ratio(ref: str, ours: Callable[[dict[str, Any]], float]) -> Callable[[dict[str, Any]], str]:
         return lambda r: f"{med(r[ref]) / ours(r):.1f}x"
 
+    yield row("where", lambda r: str(r["where"]))
     yield row("label sets (identities)", lambda r: f"{r['identities']:,} identities")
     yield row("hash fields in Redis / read round trips", lambda r: f"{r['fields_read']:,} / {r['round_trips']}")
     yield row(
@@ -397,6 +437,8 @@ def main() -> None:
     p.add_argument("--ref-repeat", type=int, default=3, help="runs of generate_latest")
     p.add_argument("--no-reference", action="store_true", help="skip prometheus_client (huge sizes)")
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--shards", type=int, default=1, help="spread the identities over this many shards")
+    p.add_argument("--cluster", action="store_true", help="also run each size on a private 3-master Redis Cluster")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print raw results as JSON too")
     args = p.parse_args()
@@ -405,15 +447,24 @@ def main() -> None:
         return
     rows = []
     started = time.monotonic()
-    for n in [int(x) for x in args.series.split(",")]:
-        print(f"{n:,} series ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--one", str(n), "--repeat", str(args.repeat)]
-        cmd += ["--ref-repeat", str(args.ref_repeat), "--redis-url", args.redis_url]
-        if args.no_reference:
-            cmd.append("--no-reference")
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(f"  done ({time.monotonic() - started:.0f} s so far)", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        targets = [(args.redis_url, False)]
+        if args.cluster:
+            cluster = stack.enter_context(LocalCluster(masters=3, replicas=1))
+            spread(cluster, args.shards)
+            targets.append((cluster.url, True))
+        for n in [int(x) for x in args.series.split(",")]:
+            for url, on_cluster in targets:
+                print(f"{n:,} series{' (cluster)' if on_cluster else ''} ...", file=sys.stderr, flush=True)
+                cmd = [sys.executable, __file__, "--one", str(n), "--repeat", str(args.repeat)]
+                cmd += ["--ref-repeat", str(args.ref_repeat), "--redis-url", url, "--shards", str(args.shards)]
+                if args.no_reference:
+                    cmd.append("--no-reference")
+                if on_cluster:
+                    cmd.append("--cluster")
+                out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+                rows.append(json.loads(out.strip().splitlines()[-1]))
+                print(f"  done ({time.monotonic() - started:.0f} s so far)", file=sys.stderr, flush=True)
     import platform
     from importlib.metadata import version
 

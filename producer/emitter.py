@@ -79,6 +79,8 @@ class ProducerCounters:
     entries_sent: int = 0
     flushes: int = 0
     flush_errors: int = 0
+    # Events written while fewer than wait_replicas replicas confirmed them (LSM_WAIT_REPLICAS).
+    unreplicated: int = 0
     flush_seconds_sum: float = 0.0
     flush_seconds_max: float = 0.0
     last_error: str = ""
@@ -310,11 +312,11 @@ class Emitter:
             try:
                 client = client or self._client_factory(s)
                 t0 = time.perf_counter()
-                self._write(client, batches)
+                replicated = self._write(client, batches)
                 elapsed = time.perf_counter() - t0
                 attempt = 0
                 next_report = time.monotonic() + s.stats_interval
-                self._complete(batches, elapsed)
+                self._complete(batches, elapsed, replicated)
             except Exception as exc:  # Redis down, slow, or replying garbage: keep the batch.
                 attempt += 1
                 self._record_error(exc)
@@ -331,10 +333,12 @@ class Emitter:
                 else:
                     self._stop.wait(delay)
 
-    def _write(self, client: redis.Redis, batches: list[_Batch], final: bool = False) -> None:
+    def _write(self, client: redis.Redis, batches: list[_Batch], final: bool = False) -> bool:
         """One write, one round trip: an ``XADD`` per batch, then the producer's counters. (On a
         cluster, one round trip per node that serves one of the keys: the stream's, the
-        counters' and the registry's.)"""
+        counters' and the registry's.) With ``wait_replicas``, a ``WAIT`` follows the ``XADD``s
+        on the stream's connection; returns whether enough replicas confirmed them (True
+        without ``wait_replicas``)."""
         s = self.settings
         route = _Route(client)
         commands = route.commands(self.stream)
@@ -345,6 +349,10 @@ class Emitter:
             else:
                 header = entry_header(self.producer_id, b.seq, len(b.events), CODEC_JSON, b.built_at)
                 commands.xadd(self.stream, s.stream_maxlen, header, b.events, b.nbytes)
+        wait = None
+        if s.wait_replicas and batches:
+            wait = (commands, commands.commands)
+            commands.command(b"WAIT", s.wait_replicas, int(s.wait_timeout * 1000))
         stats_key = self.keys.producer_stats(self.producer_id)
         stats = self._stats_mapping(batches, final)
         commands = route.commands(stats_key)
@@ -352,11 +360,17 @@ class Emitter:
         commands.command(b"EXPIRE", stats_key, PRODUCER_STATS_TTL_SECONDS)
         registry = self.keys.producer_registry()
         route.commands(registry).command(b"ZADD", registry, time.time(), self.producer_id)
-        route.execute()
+        replies = route.execute()
+        if wait is None:
+            return True
+        acked = replies[wait[0]][wait[1]]
+        return isinstance(acked, int) and acked >= s.wait_replicas
 
-    def _complete(self, batches: list[_Batch], elapsed: float) -> None:
+    def _complete(self, batches: list[_Batch], elapsed: float, replicated: bool = True) -> None:
         with self._lock:
             c = self.counters
+            if not replicated:
+                c.unreplicated += sum(len(b.events) for b in batches)
             done = {id(b) for b in batches}
             live = {id(b) for b in self._inflight}
             self._inflight = [b for b in self._inflight if id(b) not in done]
@@ -419,6 +433,7 @@ class Emitter:
                 "last_seq": self._seq,
                 "flushes": c.flushes,
                 "flush_errors": c.flush_errors,
+                "events_unreplicated": c.unreplicated,
                 "flush_seconds_sum": c.flush_seconds_sum,
                 "flush_seconds_max": c.flush_seconds_max,
                 # Not below 0: close() may have given up on (and counted) the batches in this write.
@@ -530,14 +545,17 @@ class _Route:
             self.batches[name] = (target, CommandBatch())
         return self.batches[name][1]
 
-    def execute(self) -> None:
+    def execute(self) -> dict[CommandBatch, list[object]]:
+        """Send every node's commands; the replies of each."""
+        replies = {}
         for target, commands in self.batches.values():
             pool = target.connection_pool
             connection = pool.get_connection()
             try:
-                commands.execute(connection)
+                replies[commands] = commands.execute(connection)
             finally:
                 pool.release(connection)
+        return replies
 
 
 def _forget_connections(client: redis.Redis) -> None:

@@ -62,6 +62,12 @@ class ProducerSettings(BaseModel):
     # Serve the proxy's own /metrics (process-local families such as litellm_in_flight_requests),
     # as LiteLLM does with its prometheus callback (producer/proxy_metrics.py).
     proxy_metrics_endpoint: bool = True
+    # Wait (Redis WAIT) until this many replicas hold each write, at most wait_timeout seconds,
+    # in the writer thread (requests never wait). 0, the default: replication as Redis does it,
+    # asynchronous. Events written but not confirmed by the replicas in time are counted
+    # (events_unreplicated): what a failover of their master may lose (docs/operations.md).
+    wait_replicas: int = Field(0, ge=0, le=16)
+    wait_timeout: float = Field(0.5, gt=0, le=60)
     # Level of the producer's own log lines (start, shutdown, Redis errors) in the proxy's output.
     log_level: str = "INFO"
 
@@ -90,6 +96,11 @@ class ProducerSettings(BaseModel):
             raise ValueError(
                 f"LSM_MAX_EVENT_BYTES ({self.max_event_bytes}) must not exceed "
                 f"LSM_BATCH_MAX_BYTES ({self.batch_max_bytes})"
+            )
+        if self.wait_replicas and self.wait_timeout >= self.socket_timeout:
+            raise ValueError(
+                f"LSM_WAIT_TIMEOUT ({self.wait_timeout}) must be below LSM_SOCKET_TIMEOUT ({self.socket_timeout}): "
+                "the writer would give up on the reply before Redis sends it"
             )
         if self.backoff_base > self.backoff_max:
             raise ValueError(

@@ -220,6 +220,68 @@ def test_producers_write_to_the_cluster_and_follow_a_failover(cluster: LocalClus
         reader.close()
 
 
+def test_spread_shards_moves_crowded_shards_apart_while_traffic_flows(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Six shards on three evenly split masters: four hash to one master. ``status`` says so;
+    ``spread-shards --dry-run`` only prints the moves; ``spread-shards`` migrates the slots while
+    entries are written and applied; afterwards every master serves two shards, ``status`` is
+    quiet, and every event is applied exactly once."""
+    namespace = "lsmtest-cluster-spread"
+    keys = Keys(namespace, 6)
+    writer = RedisCluster(host="127.0.0.1", port=cluster.masters[0].port)
+    agg = AggregatorProcess(cluster.url, namespace, "agg-spread", tmp_path, LSM_SHARDS="6")
+    env = {**os.environ, "LSM_REDIS_URL": cluster.url, "LSM_NAMESPACE": namespace, "LSM_SHARDS": "6"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "aggregator", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return done
+
+    def masters_of_shards() -> list[int]:
+        return [cluster.master_of_slot(key_slot(f"{{s{s}}}".encode())).port for s in range(6)]
+
+    per_shard = 60
+    try:
+        crowded_before = max(masters_of_shards().count(p) for p in set(masters_of_shards()))
+        assert crowded_before >= 3, masters_of_shards()
+        assert "spread-shards moves them apart" in cli("status").stdout
+        dry = cli("spread-shards", "--dry-run")
+        assert dry.returncode == 0 and "would move shard" in dry.stdout and "dry run" in dry.stdout, dry.stdout
+        assert max(masters_of_shards().count(p) for p in set(masters_of_shards())) == crowded_before
+
+        def produce() -> None:
+            for seq in range(1, per_shard + 1):
+                for shard in range(6):
+                    events = [synthetic_event(shard * 10_000 + seq * 10 + i) for i in range(4)]
+                    writer.xadd(keys.stream(shard), entry_fields(f"p{shard}", seq, events))  # type: ignore[arg-type]
+                time.sleep(0.03)
+
+        traffic = threading.Thread(target=produce)
+        traffic.start()
+        done = cli("spread-shards")
+        traffic.join()
+        assert done.returncode == 0 and "moving shard" in done.stdout, done.stdout + done.stderr
+        ports = masters_of_shards()
+        assert sorted(ports.count(p) for p in set(ports)) == [2, 2, 2], ports
+        expected = 6 * per_shard * 4
+
+        def applied() -> int:
+            return sum(int(writer.hget(keys.shard_stats(s), "events_applied") or 0) for s in range(6))
+
+        wait_for(lambda: applied() == expected, 60, what=f"{expected} events applied ({agg.log()[-1500:]})")
+        engine = Engine(MetricsConfig.from_litellm_settings({}))
+        families = read_families(writer, keys, engine.schema)  # type: ignore[arg-type]
+        assert sum(families["litellm_requests_metric"].counters.values()) == expected
+        after = cli("status")
+        assert "spread-shards" not in after.stdout, after.stdout
+        again = cli("spread-shards")
+        assert "already spread evenly" in again.stdout, again.stdout
+    finally:
+        agg.stop()
+        writer.close()
+
+
 def test_a_shard_moves_to_another_master_while_traffic_flows(cluster: LocalCluster, tmp_path: Path) -> None:
     """``reshard`` of shard 0's slot to another master while a producer writes and an aggregator
     applies: both meet ASK and MOVED replies, and every event is applied exactly once."""
@@ -263,3 +325,36 @@ def test_a_shard_moves_to_another_master_while_traffic_flows(cluster: LocalClust
         agg.stop()
         emitter.close(1)
         reader.close()
+
+
+def test_a_producer_waiting_for_replicas_counts_what_they_did_not_confirm(tmp_path: Path) -> None:
+    """``LSM_WAIT_REPLICAS=1``: while the replica runs, every write is confirmed (nothing counted
+    unreplicated); with the replica gone, writes still land on the master, each after the WAIT
+    timeout, and exactly their events are counted as unreplicated, in the producer's counters
+    and in ``status``."""
+    namespace = "lsmtest-cluster-wait"
+    with LocalCluster(masters=1, replicas=1, node_timeout_ms=1000) as small:
+        emitter = Emitter(settings_for(small.url, namespace, wait_replicas=1, wait_timeout=0.2))
+        reader = RedisCluster(host="127.0.0.1", port=small.masters[0].port)
+        try:
+            for i in range(100):
+                assert emitter.offer(encode_event({"kind": "x", "t": 0, "i": i}))
+            wait_for(lambda: emitter.counters.sent == 100, 20, what="first events sent")
+            assert emitter.counters.unreplicated == 0
+            small.replica_groups[0][0].close()  # the replica is gone; the master stays
+            for i in range(100, 150):
+                assert emitter.offer(encode_event({"kind": "x", "t": 0, "i": i}))
+            wait_for(lambda: emitter.counters.sent == 150, 30, what="events sent without the replica")
+            assert emitter.counters.unreplicated == 50, emitter.counters
+            assert emitter.counters.flush_errors == 0
+            assert emitter.close(5)
+            stats = reader.hgetall(Keys(namespace).producer_stats(emitter.producer_id))
+            assert stats[b"events_unreplicated"] == b"50"
+            env = {**os.environ, "LSM_REDIS_URL": small.url, "LSM_NAMESPACE": namespace}
+            done = subprocess.run(
+                [sys.executable, "-m", "aggregator", "status"], cwd=ROOT, env=env, capture_output=True, text=True
+            )
+            assert "50 events written while fewer than LSM_WAIT_REPLICAS replicas confirmed them" in done.stdout
+        finally:
+            emitter.close(1)
+            reader.close()

@@ -45,6 +45,8 @@ def test_every_field_is_parsed_with_its_type() -> None:
         "LSM_COMPRESS_MIN_BYTES": "0",
         "LSM_LOG_LEVEL": "warning",
         "LSM_PROXY_METRICS_ENDPOINT": "false",
+        "LSM_WAIT_REPLICAS": "1",
+        "LSM_WAIT_TIMEOUT": "0.75",
     }
     s = ProducerSettings.from_env(env)
     assert s == ProducerSettings(
@@ -68,10 +70,20 @@ def test_every_field_is_parsed_with_its_type() -> None:
         compress_min_bytes=0,
         log_level="warning",
         proxy_metrics_endpoint=False,
+        wait_replicas=1,
+        wait_timeout=0.75,
     )
     # Every field has a variable: the test covers them all.
     assert {f"LSM_{name.upper()}" for name in ProducerSettings.model_fields} == set(env)
     assert isinstance(s.shards, int) and isinstance(s.socket_timeout, float)
+
+
+def test_the_wait_for_replicas_ends_before_the_socket_gives_up() -> None:
+    with pytest.raises(ProducerConfigError, match=r"LSM_WAIT_TIMEOUT \(2.0\) must be below LSM_SOCKET_TIMEOUT \(2.0\)"):
+        ProducerSettings.from_env({"LSM_WAIT_REPLICAS": "1", "LSM_WAIT_TIMEOUT": "2"})
+    assert ProducerSettings.from_env({"LSM_WAIT_TIMEOUT": "2"}).wait_replicas == 0  # no wait: no conflict
+    with pytest.raises(ProducerConfigError, match="LSM_WAIT_REPLICAS"):
+        ProducerSettings.from_env({"LSM_WAIT_REPLICAS": "-1"})
 
 
 @pytest.mark.parametrize(("raw", "value"), [("true", True), ("1", True), ("Yes", True), ("off", False), ("0", False)])
