@@ -91,15 +91,17 @@ async def commit(
     dead_letters: Sequence[dict[str, Any]] = (),
     group: GroupPosition | None = None,
     before_exec: Callable[[], Awaitable[None]] | None = None,
+    max_fields: int = MAX_FIELDS,
 ) -> Checkpoint:
     """Commit ``changes`` and ``position`` if the writer (lease ``token``, fencing ``epoch``)
     still owns the shard and the stored checkpoint is still ``start``; raises :class:`Fenced`
     otherwise (nothing written). ``dead_letters``: field maps to append to the shard's
     dead-letter stream in the same step. ``before_exec``: a test's hook, run between the checks
-    and the transaction."""
+    and the transaction. ``max_fields``: the bound (raised only for the changes of one entry
+    that alone exceed :data:`MAX_FIELDS`: they cannot be split)."""
     size = changes.fields() + len(dead_letters)
-    if size > MAX_FIELDS:
-        raise ValueError(f"a checkpoint of {size} fields is above {MAX_FIELDS}: checkpoint earlier")
+    if size > max_fields:
+        raise ValueError(f"a checkpoint of {size} fields is above {max_fields}: checkpoint earlier")
     lease_key = keys.shard_owner(shard)
     epoch_key = f"{lease_key}:epoch"
     checkpoint_key = keys.checkpoint(shard)

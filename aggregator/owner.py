@@ -40,12 +40,19 @@ from aggregator.settings import AggregatorSettings
 from aggregator.shard_memory import ShardMemory
 from aggregator.state import Delta
 from producer.keys import Keys
+from producer.wire import F_COUNT
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
 
 DeltaBuilder = Callable[[Sequence[PendingEntry]], Delta]
 #: Seconds between trims of an owned shard's stream below its checkpoint.
 TRIM_INTERVAL = 10.0
+#: Changed fields per event assumed before any is applied (a new caller identity touches ~40).
+INITIAL_FIELDS_PER_EVENT = 40.0
+
+
+class Overfull(RuntimeError):
+    """A part of a read changed more fields than one checkpoint may hold: taken over again."""
 
 
 @dataclass
@@ -55,6 +62,9 @@ class OwnerCounters:
     events_applied: int = 0
     checkpoints: int = 0
     checkpoint_seconds_max: float = 0.0
+    checkpoint_fields_max: int = 0
+    # Reads whose part changed more fields than a checkpoint may hold (taken over again).
+    overfull: int = 0
     refused: int = 0
     engine_errors: int = 0
 
@@ -84,7 +94,11 @@ class ShardOwner:
         self.limits = dict(limits or {})
         self.checkpoint_interval = checkpoint_interval
         # Checkpoint when the changes reach half the bound: one batch more cannot overflow it.
+        self.max_fields = max_fields
         self.soon = max_fields // 2
+        # Changed fields per applied event, the most seen: sizes the parts a read is applied in.
+        self._fields_per_event = INITIAL_FIELDS_PER_EVENT
+        self._first_part = True
         self.stream = self.keys.stream(shard)
         self.counters = OwnerCounters()
         self.memory = ShardMemory(self.keys, shard, self.limits, settings.max_seq_jump)
@@ -103,7 +117,7 @@ class ShardOwner:
                 if self.lease.held():
                     await self._commit()  # the handover's last checkpoint
                 return
-            except (Fenced, RedisError, OSError) as exc:
+            except (Fenced, Overfull, RedisError, OSError) as exc:
                 self.counters.refused += isinstance(exc, Fenced)
                 log.warning("shard %d: %s; taking the shard over again from Redis", self.shard, exc)
                 await _sleep_or_stop(stop, 0.2)
@@ -134,14 +148,57 @@ class ShardOwner:
                 {self.stream: self.position}, count=self.settings.read_count, block=block_ms
             )
             entries = reply[0][1] if reply else []
-            if entries:
+            done = 0
+            while done < len(entries):
+                part = self._next_part(entries, done)
+                done += len(part)
+                if self._changed and self._pending_fields() + self._projected(part) > self.soon:
+                    await self._commit()  # the part could push the checkpoint past its bound
+                    last_commit = time.monotonic()
+                before, events_before = self._pending_fields(), self.counters.events_applied
                 # In a worker thread: the event loop stays free to renew the leases meanwhile
-                # (a read may hold tens of thousands of events).
-                await asyncio.to_thread(self._apply, entries)
+                # (a part may hold tens of thousands of events).
+                await asyncio.to_thread(self._apply, part)
+                events = self.counters.events_applied - events_before
+                if events:
+                    seen = max(1.0, (self._pending_fields() - before) / events)
+                    # The highest seen, so that parts stay sized for the worst traffic met (a
+                    # lower estimate after a takeover would repeat the same overfull part).
+                    self._fields_per_event = seen if self._first_part else max(self._fields_per_event, seen)
+                    self._first_part = False
+                if self._pending_fields() > self.max_fields:
+                    if len(part) > 1:
+                        # The projection was wrong (new caller identities all at once): start
+                        # again from the checkpoint, with parts sized by what was just seen.
+                        self.counters.overfull += 1
+                        raise Overfull(f"shard {self.shard}: {self._pending_fields()} changed fields")
+                    await self._commit(oversize=True)  # one entry alone: it cannot be split
+                    last_commit = time.monotonic()
             due = time.monotonic() - last_commit >= self.checkpoint_interval
-            if self._changed and (due or self.memory.dirty_fields() + len(self._dead) >= self.soon):
+            if self._changed and (due or self._pending_fields() >= self.soon):
                 await self._commit()
                 last_commit = time.monotonic()
+
+    def _pending_fields(self) -> int:
+        return self.memory.dirty_fields() + len(self._dead)
+
+    def _projected(self, part: Sequence[tuple[Any, Any]]) -> float:
+        return self._fields_per_event * sum(_declared_count(fields) for _id, fields in part)
+
+    def _next_part(self, entries: Sequence[tuple[Any, Any]], start: int) -> Sequence[tuple[Any, Any]]:
+        """The entries from ``start`` whose changes (projected from the fields per event seen
+        so far) fit in a quarter of a checkpoint, at least one: a backlog read at once never
+        makes a checkpoint larger than its bound, as the owner commits between parts."""
+        budget = self.soon / 2
+        projected = 0.0
+        end = start
+        while end < len(entries):
+            cost = self._fields_per_event * _declared_count(entries[end][1])
+            if end > start and projected + cost > budget:
+                break
+            projected += cost
+            end += 1
+        return entries[start:end]
 
     def _apply(self, entries: Sequence[tuple[Any, Any]]) -> None:
         raw = {_text(i): f for i, f in entries}
@@ -174,7 +231,7 @@ class ShardOwner:
                 good.append(e)
         return good, bad
 
-    async def _commit(self) -> None:
+    async def _commit(self, oversize: bool = False) -> None:
         if not self._changed:
             return
         token, epoch = self.lease.token, self.lease.epoch
@@ -182,14 +239,28 @@ class ShardOwner:
             raise Fenced(f"shard {self.shard}: the lease ran out before the checkpoint")
         started = time.perf_counter()
         changes = self.memory.changes()
+        bound, size = self.max_fields, changes.fields() + len(self._dead)
+        if oversize:
+            bound = size
+            log.warning("shard %d: one entry changed %d fields: a checkpoint above its bound", self.shard, bound)
         self.checkpoint = await checkpoints.commit(
-            self.client, self.keys, self.shard, token, epoch, self.checkpoint, self.position, changes, self._dead
+            self.client,
+            self.keys,
+            self.shard,
+            token,
+            epoch,
+            self.checkpoint,
+            self.position,
+            changes,
+            self._dead,
+            max_fields=bound,
         )
         self._dead = []
         self._changed = False
         elapsed = time.perf_counter() - started
         self.counters.checkpoints += 1
         self.counters.checkpoint_seconds_max = max(self.counters.checkpoint_seconds_max, elapsed)
+        self.counters.checkpoint_fields_max = max(self.counters.checkpoint_fields_max, size)
         if time.monotonic() >= self._next_trim:
             # What a checkpoint covers is never read again: trim below it (approximately, so
             # Redis drops whole nodes of the stream only).
@@ -226,8 +297,10 @@ class Owners:
         limits: Mapping[str, MetricLimits] | None = None,
         lease_seconds: float = 10.0,
         checkpoint_interval: float = 0.25,
+        max_fields: int = checkpoints.MAX_FIELDS,
     ) -> None:
         self.client = client
+        self.max_fields = max_fields
         self.settings = settings
         self.build_delta = build_delta
         self.hash_keys = hash_keys
@@ -252,6 +325,7 @@ class Owners:
             self.hash_keys(shard),
             self.limits,
             self.checkpoint_interval,
+            self.max_fields,
         )
         done = asyncio.Event()
         self.owners[shard] = owner
@@ -282,6 +356,15 @@ def _dead_letter(d: DeadEntry, original: Mapping[Any, Any], owner: str, now: flo
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _declared_count(fields: Mapping[Any, Any]) -> int:
+    """The events an entry says it holds (at least 1; a forged or missing count counts 1)."""
+    raw = fields.get(F_COUNT.encode(), fields.get(F_COUNT))
+    try:
+        return max(1, int(raw))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _text(value: object) -> str:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,10 +144,10 @@ CHECKED = (
 )
 
 
-def expected_totals(n: int, engine: Engine) -> dict[str, dict[tuple[str, ...], float]]:
-    """Per metric, per series: what events 0..n-1 must add up to."""
+def expected_totals(n: int | Iterable[int], engine: Engine) -> dict[str, dict[tuple[str, ...], float]]:
+    """Per metric, per series: what events 0..n-1 (or the events numbered in ``n``) must add up to."""
     sums: dict[tuple[int, int], list[float]] = {}
-    for i in range(n):
+    for i in range(n) if isinstance(n, int) else n:
         prompt, completion = tokens_of(i)
         s = sums.setdefault(combo(i), [0.0, 0.0, 0.0, 0.0, 0.0])
         s[0] += 1

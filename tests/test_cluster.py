@@ -31,6 +31,7 @@ from producer.wire import decode_entry, encode_event
 from tests.events import entry_fields
 from tests.support import settings_for, wait_for
 from tests.test_aggregator_crash import synthetic_event
+from tests.test_owner import run_chaos
 from tests.test_state_reset import ROOT, AggregatorProcess
 
 GROUP = "aggregators"
@@ -358,3 +359,35 @@ def test_a_producer_waiting_for_replicas_counts_what_they_did_not_confirm(tmp_pa
         finally:
             emitter.close(1)
             reader.close()
+
+
+def test_owners_killed_at_random_on_the_cluster_with_a_master_failover_midway(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The owner chaos run of tests/test_owner.py (owners SIGKILLed every 0.3-0.9 s, 20,000
+    events by default, LSM_OWNER_CHAOS_EVENTS for more) on the cluster, and halfway through the
+    master serving shard 0 is SIGKILLed without waiting for its replica to catch up. The
+    producers wait for one replica per write (LSM_WAIT_REPLICAS=1): a write the dead master
+    acknowledged but had not replicated fails its WAIT and is written again to the promoted
+    replica, so nothing is lost; a write whose WAIT merely timed out is counted unreplicated,
+    and the run accepts a loss of at most those events. The owners' checkpoints that the
+    replica had not received are refused to nobody: the stored checkpoint is older than the
+    owner's, its next commit is fenced, and the new owner re-reads from the older position."""
+    namespace = "lsmtest-cluster-chaos"
+    client = RedisCluster(host="127.0.0.1", port=cluster.masters[0].port, socket_timeout=10)
+    slot = key_slot(b"{s0}")
+    failed_over: list[int] = []
+
+    def failover() -> None:
+        index = cluster.masters.index(cluster.master_of_slot(slot))
+        failed_over.append(cluster.kill_master(index, synced=False).port)
+
+    n = int(os.environ.get("LSM_OWNER_CHAOS_EVENTS", "20000"))
+    try:
+        result = run_chaos(
+            cluster.url, client, namespace, tmp_path, n, midway=failover, wait_replicas=1, wait_timeout=0.4
+        )
+        assert failed_over and cluster.master_of_slot(slot).port == failed_over[0]
+        print(f"cluster chaos: {result}")
+    finally:
+        client.close()
