@@ -159,7 +159,11 @@ def collect(client: redis.Redis, settings: AggregatorSettings, max_age: float, n
 
 def _judge_spread(status: Status, client: RedisCluster, keys: Keys) -> None:
     """A warning when one master serves more shards than an even spread would give it."""
-    view = ClusterView(client)
+    try:
+        view = ClusterView(client)
+    except redis.exceptions.NoPermissionError as exc:
+        status.warnings.append(f"cannot see how the shards are spread over the cluster's masters: {exc}")
+        return
     for master, shards in crowded(keys, view.ranges, view.masters).items():
         names = ", ".join(str(s) for s in shards)
         status.warnings.append(

@@ -391,3 +391,59 @@ def test_owners_killed_at_random_on_the_cluster_with_a_master_failover_midway(
         print(f"cluster chaos: {result}")
     finally:
         client.close()
+
+
+def test_the_shipped_users_run_the_pipeline_on_a_cluster_while_a_slot_moves(tmp_path: Path) -> None:
+    """deploy/redis/users.acl's users, set on every node of a 2-master cluster: a producer as
+    ``lsm-proxy`` (cluster mode set, as the proxy user may not run INFO) and an aggregator as
+    ``lsm-aggregator`` (cluster mode asked of the server) run while shard 0's slot moves to the
+    other master, so both meet ASK replies (``ASKING``); no permission error, every event
+    applied once."""
+    namespace = "lsm"  # the users' key patterns
+    passwords = {"lsm-proxy": "proxy-cluster-pw-1", "lsm-aggregator": "aggregator-cluster-pw-2"}
+    lines = [line.split() for line in (ROOT / "deploy/redis/users.acl").read_text().splitlines()]
+    with LocalCluster(masters=2, replicas=0) as small:
+        for node in small.nodes:
+            for _user, name, *rules in lines:
+                if name in passwords:
+                    rules = [f">{passwords[name]}" if r.startswith(">") else r for r in rules]
+                    small.command(node, "ACL", "SETUSER", name, *rules)
+        port = small.masters[0].port
+        proxy_url = f"redis://lsm-proxy:{passwords['lsm-proxy']}@127.0.0.1:{port}/0"
+        aggregator_url = f"redis://lsm-aggregator:{passwords['lsm-aggregator']}@127.0.0.1:{port}/0"
+        emitter = Emitter(settings_for(proxy_url, namespace, redis_cluster=True, wait_replicas=0))
+        agg = AggregatorProcess(aggregator_url, namespace, "agg-acl", tmp_path)
+        reader = RedisCluster(host="127.0.0.1", port=port)
+        slot = key_slot(b"{s0}")
+        n = 1500
+        try:
+
+            def produce() -> None:
+                for i in range(n):
+                    assert emitter.offer(encode_event(synthetic_event(i)))
+                    if i % 50 == 0:
+                        time.sleep(0.05)
+
+            traffic = threading.Thread(target=produce)
+            traffic.start()
+            wait_for(lambda: int(reader.hget(Keys(namespace).shard_stats(0), "events_applied") or 0) > 100, 30)
+            source = small.master_of_slot(slot)
+            small.move_slot(slot, next(m for m in small.masters if m is not source), keys_per_step=1, pause=0.05)
+            traffic.join()
+            assert emitter.close(10) and emitter.counters.sent == n
+
+            def applied() -> int:
+                return int(reader.hget(Keys(namespace).shard_stats(0), "events_applied") or 0)
+
+            wait_for(lambda: applied() == n, 60, what=f"{n} events applied ({agg.log()[-1500:]})")
+            assert "NOPERM" not in agg.log() and "NOPERM" not in emitter.counters.last_error, agg.log()
+            env = {**os.environ, "LSM_REDIS_URL": aggregator_url, "LSM_NAMESPACE": namespace}
+            status = subprocess.run(
+                [sys.executable, "-m", "aggregator", "status"], cwd=ROOT, env=env, capture_output=True, text=True
+            )
+            assert status.returncode in (0, 1) and "NOPERM" not in status.stdout + status.stderr, status.stderr
+            assert f"shard 0 on 127.0.0.1:{small.master_of_slot(slot).port}" in status.stdout, status.stdout
+        finally:
+            agg.stop()
+            emitter.close(1)
+            reader.close()

@@ -20,15 +20,18 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from aggregator.catalog_data import METRICS
 from aggregator.litellm_config import MetricsConfig
+from aggregator.local_server import find_server_binary, free_port
 from aggregator.settings import AggregatorSettings
 from producer.settings import ProducerSettings
 from tests.support import prometheus_tool
@@ -685,6 +688,85 @@ def test_compose_wires_the_services_together() -> None:
     assert any(v.endswith(f"{provider['options']['path']}/litellm-stream-metrics.json:ro") for v in grafana["volumes"])
     (datasource,) = load_one(DEPLOY / "grafana/provisioning/datasources/prometheus.yaml")["datasources"]
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+
+
+def test_the_cluster_variant_of_compose_points_everything_at_the_cluster(tmp_path: Path) -> None:
+    """deploy/compose.cluster.yaml: six nodes from one configuration that a real redis-server
+    accepts in cluster mode, a cluster formed of all six with one replica each, spread-shards
+    run with the aggregator image's CLI after it, and the proxy and aggregators pointed at the
+    cluster with the same shard count."""
+    base = load_one(DEPLOY / "compose.yaml")["services"]
+    services = load_one(DEPLOY / "compose.cluster.yaml")["services"]
+    nodes = sorted(n for n in services if n.startswith("redis-cluster-") and n != "redis-cluster-init")
+    assert len(nodes) == 6
+    create = " ".join(services["redis-cluster-init"]["command"])
+    assert all(f"{n}:6379" in create for n in nodes) and "--cluster-replicas 1" in create
+    for n in nodes:
+        command = services[n]["command"]
+        assert command[:2] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+        assert command[command.index("--cluster-announce-hostname") + 1] == n
+        assert any(
+            v.startswith("./redis/cluster-node.conf:/usr/local/etc/redis/redis.conf") for v in services[n]["volumes"]
+        )
+    spread = services["spread-shards"]
+    assert spread["entrypoint"] == ["python", "-m", "aggregator", "spread-shards"]
+    assert spread["image"] == base["aggregator-0"]["image"]
+    assert "spread-shards" in _cli_commands()
+    aggregator_vars = {"LSM_" + name.upper() for name in AggregatorSettings.model_fields}
+    producer_vars = {"LSM_" + name.upper() for name in ProducerSettings.model_fields}
+    shards = set()
+    for name, allowed in (
+        ("aggregator-0", aggregator_vars),
+        ("aggregator-1", aggregator_vars),
+        ("litellm", producer_vars),
+        ("spread-shards", aggregator_vars),
+    ):
+        env = services[name]["environment"]
+        assert set(env) <= allowed, set(env) - allowed
+        assert env["LSM_REDIS_URL"].startswith("redis://redis-cluster-0:6379") and env["LSM_REDIS_CLUSTER"] == "true"
+        shards.add(env["LSM_SHARDS"])
+        if name in base:
+            assert set(services[name]["depends_on"]) <= {"spread-shards", "redis-cluster-init"}
+    assert shards == {"6"}
+
+    # The node configuration starts a real server in cluster mode.
+    conf = (DEPLOY / "redis" / "cluster-node.conf").read_text()
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    proc = subprocess.Popen(
+        [find_server_binary(), "-", "--port", str(port), "--dir", str(data), "--cluster-announce-hostname", "node-a"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(conf.replace("port 6379", f"port {port}").replace("dir /data", f"dir {data}").encode())
+    proc.stdin.close()
+    try:
+        client = redis.Redis(port=port, socket_timeout=2)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                info: Any = client.info("cluster")
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the node did not start"
+                time.sleep(0.05)
+        assert info["cluster_enabled"] == 1
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _cli_commands() -> set[str]:
+    """The subcommands of ``python -m aggregator``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "aggregator", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return set(re.findall(r"[a-z][a-z-]+", out.split("{", 1)[1].split("}", 1)[0]))
 
 
 # --------------------------------------------------------------------------------------------- image
