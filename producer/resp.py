@@ -52,6 +52,18 @@ class CommandBatch:
             self._bulk(a)
         self.commands += 1
 
+    def hset(self, key: Arg, mapping: Mapping[str, str]) -> None:
+        """``HSET key field value ...`` of text fields and values (the fast path of an owner's
+        checkpoint: tens of thousands of fields)."""
+        self._parts.append(b"*%d\r\n" % (2 + 2 * len(mapping)))
+        self._bulk(b"HSET")
+        self._bulk(key)
+        out = self._parts
+        for name, value in mapping.items():
+            n, v = name.encode(), value.encode()
+            out.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(n), n, len(v), v))
+        self.commands += 1
+
     def xadd(
         self,
         stream: Arg,
