@@ -61,6 +61,7 @@ class Aggregator:
                 limits,
                 settings.owner_lease_seconds,
                 settings.checkpoint_interval,
+                gauge_mkeys=gauge_keys,
             )
         else:
             self.consumers = [

@@ -32,6 +32,7 @@ from aggregator import checkpoint as checkpoints
 from aggregator.apply import DeadEntry, PendingEntry
 from aggregator.checkpoint import Checkpoint, Fenced
 from aggregator.consumer import decode_batch
+from aggregator.housekeeping import Housekeeper
 from aggregator.lease import Lease
 from aggregator.ownership import ShardOwnership
 from aggregator.schema import MetricSchema
@@ -65,6 +66,9 @@ class OwnerCounters:
     checkpoint_fields_max: int = 0
     # Reads whose part changed more fields than a checkpoint may hold (taken over again).
     overfull: int = 0
+    lost_entries: int = 0
+    retired: int = 0
+    removals_forgotten: int = 0
     refused: int = 0
     engine_errors: int = 0
 
@@ -83,9 +87,11 @@ class ShardOwner:
         limits: Mapping[str, MetricLimits] | None = None,
         checkpoint_interval: float = 0.25,
         max_fields: int = checkpoints.MAX_FIELDS,
+        gauge_mkeys: Sequence[str] = (),
     ) -> None:
         self.client = client
         self.settings = settings
+        self.gauge_mkeys = list(gauge_mkeys)
         self.keys = settings.keys
         self.shard = shard
         self.lease = lease
@@ -107,6 +113,10 @@ class ShardOwner:
         self._dead: list[dict[str, Any]] = []
         self._changed = False
         self._next_trim = 0.0
+        self._next_housekeeping = 0.0
+        # What the owner leaves to housekeeping's scripts: producers that stopped (their stats
+        # are increments, which the owner's checkpoints add to, not overwrite).
+        self.housekeeper = Housekeeper(client, self.keys, shard, settings)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Own the shard until ``stop`` is set or the lease is lost."""
@@ -127,7 +137,11 @@ class ShardOwner:
         started = time.perf_counter()
         self.checkpoint = await checkpoints.load(self.client, self.keys, self.shard)
         self.position = self.checkpoint.position
-        self.memory = ShardMemory(self.keys, self.shard, self.limits, self.settings.max_seq_jump)
+        # A state that was reset (Redis restarted empty) lets a producer without a mark go on
+        # at any sequence number, and counts its lower ones as before the reset.
+        resets: Any = await self.client.hget(self.keys.shard_stats(self.shard), "state_resets")
+        after_reset = float(resets or 0) > 0
+        self.memory = ShardMemory(self.keys, self.shard, self.limits, self.settings.max_seq_jump, after_reset)
         fields = await self.memory.load(self.client, self.hash_keys)
         self._dead = []
         self._changed = False
@@ -174,10 +188,29 @@ class ShardOwner:
                         raise Overfull(f"shard {self.shard}: {self._pending_fields()} changed fields")
                     await self._commit(oversize=True)  # one entry alone: it cannot be split
                     last_commit = time.monotonic()
+            if time.monotonic() >= self._next_housekeeping:
+                self._next_housekeeping = time.monotonic() + self.settings.housekeeping_interval
+                await asyncio.to_thread(self._housekeep)
+                await self.housekeeper.record_ended_producers()
             due = time.monotonic() - last_commit >= self.checkpoint_interval
             if self._changed and (due or self._pending_fields() >= self.soon):
                 await self._commit()
                 last_commit = time.monotonic()
+
+    def _housekeep(self) -> None:
+        """Retire idle series and forget old gauge removal records, in memory (committed with
+        the next checkpoint), within what the checkpoint has room for."""
+        now = time.time()
+        room = max(0, self.soon - self._pending_fields())
+        # A histogram series retired rewrites about 45 fields (its parts, twice, and the index).
+        retired = self.memory.retire_idle(now, at_most=room // 64)
+        room = max(0, self.soon - self._pending_fields())
+        cutoff = now - self.settings.gauge_removal_memory_seconds
+        forgotten = self.memory.forget_removals(self.gauge_mkeys, cutoff, at_most=room)
+        if retired or forgotten:
+            self.counters.retired += retired
+            self.counters.removals_forgotten += forgotten
+            self._changed = True
 
     def _pending_fields(self) -> int:
         return self.memory.dirty_fields() + len(self._dead)
@@ -209,6 +242,10 @@ class ShardOwner:
         except Exception:
             good, bad = self._isolate(pending)
             result = self.memory.apply_batch(good, [*dead, *bad], self.build_delta, now)
+        lost = self.memory.declare_lost()
+        if lost:
+            self.counters.lost_entries += lost
+            log.warning("shard %d: %d entries were removed from the stream before being applied", self.shard, lost)
         for d in result.dead:
             self._dead.append(_dead_letter(d, raw.get(d.entry_id, {}), self.settings.consumer_name, now))
         self.position = _text(entries[-1][0])
@@ -298,9 +335,11 @@ class Owners:
         lease_seconds: float = 10.0,
         checkpoint_interval: float = 0.25,
         max_fields: int = checkpoints.MAX_FIELDS,
+        gauge_mkeys: Sequence[str] = (),
     ) -> None:
         self.client = client
         self.max_fields = max_fields
+        self.gauge_mkeys = list(gauge_mkeys)
         self.settings = settings
         self.build_delta = build_delta
         self.hash_keys = hash_keys
@@ -326,6 +365,7 @@ class Owners:
             self.limits,
             self.checkpoint_interval,
             self.max_fields,
+            self.gauge_mkeys,
         )
         done = asyncio.Event()
         self.owners[shard] = owner

@@ -130,6 +130,9 @@ class ShardMemory:
         self.producers: dict[str, _Producer] = {}
         self.stats: dict[str, int] = {}
         self.applied_by_producer: dict[str, int] = {}
+        self.lost_by_producer: dict[str, int] = {}
+        #: Producers with sequence numbers recorded above their mark (a gap below them).
+        self._gapped: set[str] = set()
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -162,7 +165,9 @@ class ShardMemory:
 
     def load_producer(self, producer_id: str, mark: int, seen: Iterable[tuple[Any, float]] = ()) -> None:
         """A producer's mark and its seen set (ZRANGE ... WITHSCORES pairs)."""
-        self.producers[producer_id] = _Producer(mark, {int(score): _text(member) for member, score in seen})
+        p = self.producers[producer_id] = _Producer(mark, {int(score): _text(member) for member, score in seen})
+        if p.seen:
+            self._gapped.add(producer_id)
 
     # -- a batch ---------------------------------------------------------------------------------
 
@@ -241,14 +246,9 @@ class ShardMemory:
         member = f"{seq} {entry_id}"
         p.seen[seq] = member
         p.added.add(member)
-        while p.mark + 1 in p.seen:
-            p.mark += 1
-            gone = p.seen.pop(p.mark)
-            if gone in p.added:
-                p.added.discard(gone)
-            else:
-                p.removed.add(gone)
-        p.mark_dirty = True
+        _advance(p)
+        if p.seen:
+            self._gapped.add(producer_id)
         return True
 
     def count(self, stat: str, n: int = 1) -> None:
@@ -326,13 +326,97 @@ class ShardMemory:
             h = self.hashes[key] = _Hash()
         return h
 
+    # -- housekeeping (what housekeeping.py's scripts do to a shard that is not owned) -----------
+
+    def declare_lost(self) -> int:
+        """gaps.lua for an owner: the owner has read every entry before the ones it applied, so
+        the sequence numbers between a producer's mark and its lowest one applied above it can no
+        longer arrive (the producer writes them in order): they are lost. Counted in
+        ``lost_entries`` (per producer too), or, for a producer with no mark in a state that was
+        reset, in ``entries_before_reset``; the mark moves over them. Returns the lost count."""
+        lost_total = 0
+        for pid in sorted(self._gapped):
+            p = self.producers[pid]
+            self._gapped.discard(pid)
+            if not p.seen:
+                continue
+            lowest = min(p.seen)
+            lost = lowest - p.mark - 1
+            from_start = p.mark == 0
+            p.mark = lowest - 1
+            _advance(p)
+            if from_start and self.after_reset:
+                self.count("entries_before_reset", lost)
+                continue
+            self.count("lost_entries", lost)
+            self.lost_by_producer[pid] = self.lost_by_producer.get(pid, 0) + lost
+            lost_total += lost
+        return lost_total
+
+    def retire_idle(self, now: float, at_most: int | None = None) -> int:
+        """retire.lua for an owner: series of limited metrics idle longer than their TTL leave
+        the index; a counter's or histogram's values move to the overflow series (the metric's
+        total never goes down), a gauge is removed (its removal time kept). Returns how many
+        (``at_most``: stop there; the rest at the next round)."""
+        retired = 0
+        for ml in self.limits.values():
+            for limit in (ml.general, ml.end_user):
+                if limit is None or limit.ttl is None:
+                    continue
+                index = self.hashes.get(self.keys.metric(self.shard, limit.index_kind, ml.mkey))
+                if index is None:
+                    continue
+                cutoff = now - limit.ttl
+                idle = [series for series, t in index.values.items() if t < cutoff]
+                if at_most is not None:
+                    idle = idle[: max(0, at_most - retired)]
+                for series in idle:
+                    self._retire(ml, series, now)
+                    index.delete(series)
+                retired += len(idle)
+        return retired
+
+    def _retire(self, ml: MetricLimits, series: str, now: float) -> None:
+        metric = self.keys.metric
+        if ml.kind == "gauge":
+            values, times = self._hash(metric(self.shard, "g", ml.mkey)), self._hash(metric(self.shard, "gt", ml.mkey))
+            if values.delete(series):
+                times.set(series, now)
+            return
+        values = self._hash(metric(self.shard, "c" if ml.kind == "counter" else "h", ml.mkey))
+        names = [(series, ml.overflow)] if ml.kind == "counter" else [
+            (f"{series}{SEP}{part}", f"{ml.overflow}{SEP}{part}") for part in ml.histogram_parts
+        ]  # fmt: skip
+        for name, overflow in names:
+            value = values.values.get(name)
+            if value is not None:
+                values.delete(name)
+                values.add(overflow, value)
+
+    def forget_removals(self, gauge_mkeys: Iterable[str], cutoff: float, at_most: int | None = None) -> int:
+        """forget_removals.lua for an owner: a gauge's removal records (a time without a value)
+        older than ``cutoff`` are dropped. Returns how many (``at_most``: stop there)."""
+        forgotten = 0
+        for mkey in gauge_mkeys:
+            values = self.hashes.get(self.keys.metric(self.shard, "g", mkey))
+            times = self.hashes.get(self.keys.metric(self.shard, "gt", mkey))
+            if times is None:
+                continue
+            old = [f for f, t in times.values.items() if t < cutoff and (values is None or f not in values.values)]
+            if at_most is not None:
+                old = old[: max(0, at_most - forgotten)]
+            for f in old:
+                times.delete(f)
+            forgotten += len(old)
+        return forgotten
+
     # -- writing back ------------------------------------------------------------------------------
 
     def dirty_fields(self) -> int:
         """About how many fields the next :meth:`changes` writes (what bounds a checkpoint)."""
         fields = sum(len(h.dirty) + len(h.deleted) for h in self.hashes.values())
         fields += sum(len(p.added) + len(p.removed) + 1 for p in self.producers.values() if p.mark_dirty)
-        return fields + len(self.stats) + len(self.applied_by_producer)
+        return fields + len(self.stats) + len(self.applied_by_producer) + len(self.lost_by_producer)
 
     def changes(self) -> Changes:
         """Everything changed since the last call, as absolute values; forgets it was changed."""
@@ -362,7 +446,23 @@ class ShardMemory:
         if self.applied_by_producer:
             out.hincrby[self.keys.applied_by_producer(self.shard)] = self.applied_by_producer
             self.applied_by_producer = {}
+        if self.lost_by_producer:
+            out.hincrby[self.keys.lost_by_producer(self.shard)] = self.lost_by_producer
+            self.lost_by_producer = {}
         return out
+
+
+def _advance(p: _Producer) -> None:
+    """Move the mark over the recorded sequence numbers that follow it without a gap (hwm.lua's
+    advance_mark)."""
+    while p.mark + 1 in p.seen:
+        p.mark += 1
+        gone = p.seen.pop(p.mark)
+        if gone in p.added:
+            p.added.discard(gone)
+        else:
+            p.removed.add(gone)
+    p.mark_dirty = True
 
 
 def _format(key: str, name: str, value: float) -> str:

@@ -32,8 +32,9 @@ from producer.emitter import Emitter
 from producer.keys import Keys
 from producer.wire import encode_event
 from tests.events import entry_fields
-from tests.support import settings_for, wait_for
+from tests.support import producer_stats, settings_for, wait_for
 from tests.test_aggregator_crash import CHECKED, expected_totals, synthetic_event
+from tests.test_producer_exit import _start_holding_producer
 from tests.test_state_reset import AggregatorProcess
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -341,3 +342,45 @@ async def test_a_backlog_read_at_once_is_committed_in_bounded_checkpoints(
         assert families[metric].counters == expected[metric], metric
     assert int(sync.hget(keys.shard_stats(0), "events_applied") or 0) == len(one_identity) + len(many)
     sync.close()
+
+
+def test_the_owner_process_counts_lost_entries_and_a_killed_producers_events(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """``aggregator run`` with ``LSM_INGEST=owner`` keeps house as the group ingest does: a
+    producer's sequence numbers that never reached the stream are counted lost (in the shard's
+    stats and per producer), and a producer SIGKILLed with events in its buffer has them
+    counted once as lost at an unclean exit."""
+    keys = Keys(namespace)
+    client = redis.Redis.from_url(redis_url)
+    proc, killed = _start_holding_producer(redis_url, namespace, 30)
+    agg = AggregatorProcess(
+        redis_url,
+        namespace,
+        "owner-keeper",
+        tmp_path,
+        LSM_INGEST="owner",
+        LSM_OWNER_LEASE_SECONDS="3",
+        LSM_PRODUCER_GONE_SECONDS="1",
+    )
+    try:
+        wait_for(lambda: producer_stats(client, namespace, killed).get("events_accepted") == "30", 10)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for seq in (1, 2, 3, 6, 7):  # 4 and 5 never reach the stream
+            client.xadd(keys.stream(0), entry_fields("gappy", seq, [synthetic_event(seq)]))  # type: ignore[arg-type]
+
+        def stats() -> dict[str, int]:
+            return {k.decode(): int(v) for k, v in client.hgetall(keys.shard_stats(0)).items()}
+
+        wait_for(lambda: stats().get("lost_entries") == 2, 30, what=f"lost entries counted ({agg.log()[-1500:]})")
+        assert client.hget(keys.lost_by_producer(0), "gappy") == b"2"
+        assert client.hget(keys.high_water_marks(0), "gappy") == b"7"
+        wait_for(lambda: stats().get("events_lost_unclean_exit") == 30, 30, what=f"unclean exit ({agg.log()[-1500:]})")
+        assert stats()["producer_exits_unclean"] == 1 and stats()["events_applied"] == 5
+        assert "Traceback" not in agg.log()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        agg.stop()
+        client.close()

@@ -16,7 +16,9 @@ import redis
 import redis.asyncio as aioredis
 
 from aggregator.apply import DeadEntry, PendingEntry, ShardApplier
-from aggregator.series_limits import Limit, MetricLimits
+from aggregator.housekeeping import Housekeeper
+from aggregator.series_limits import Limit, MetricLimits, retire_idle
+from aggregator.settings import AggregatorSettings
 from aggregator.shard_memory import Changes, ShardMemory
 from aggregator.state import Delta, encode_series
 from producer.keys import Keys
@@ -29,10 +31,10 @@ MAX_JUMP = 1000
 SHARDS = 2  # several shards: every gauge removal is recorded
 
 
-def limits() -> dict[str, MetricLimits]:
+def limits(ttl: float | None = None) -> dict[str, MetricLimits]:
     def one(name: str, kind: str, mkey: str, cap: int, parts: tuple[str, ...] = ()) -> MetricLimits:
         return MetricLimits(
-            name, kind, mkey, encode_series(["other"]), Limit("ix", cap, None), None, None, histogram_parts=parts
+            name, kind, mkey, encode_series(["other"]), Limit("ix", cap, ttl), None, None, histogram_parts=parts
         )
 
     parts = (*(f"b{i}" for i in range(len(BOUNDS) + 1)), "s", "c")
@@ -102,6 +104,7 @@ def state(client: redis.Redis, keys: Keys, producers: Sequence[str]) -> dict[str
         ("hwm", keys.high_water_marks(0)),
         ("stats", keys.shard_stats(0)),
         ("applied", keys.applied_by_producer(0)),
+        ("lost", keys.lost_by_producer(0)),
     ):
         out[name] = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
     for p in producers:
@@ -143,8 +146,10 @@ class Workload:
     """Batches of entries from three producers: in order, retried (duplicates, within a batch
     and across batches), a suspect sequence number, dead entries with a readable header."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, seed: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, seed: int, gaps: bool = False) -> None:
         self.client, self.keys, self.rnd = client, keys, random.Random(seed)
+        #: Now and then a sequence number is never written (an entry lost before it was read).
+        self.gaps = gaps
         self.next_seq = {"p1": 1, "p2": 1, "p3": 1}
         self.written: list[tuple[str, int]] = []
         self.deltas: dict[str, Delta] = {}
@@ -165,6 +170,8 @@ class Workload:
                 self.add(*rnd.choice(self.written))  # a retry
             elif roll < 0.13:
                 self.add(p, self.next_seq[p] + MAX_JUMP * 10)  # suspect
+            elif self.gaps and roll < 0.16:
+                self.next_seq[p] += 1  # this one never reaches the stream
             elif roll < 0.18:
                 fields = entry_fields(p, self.next_seq[p], [{"kind": "x", "t": 0}])
                 entry_id = self.client.xadd(self.keys.stream(0), fields).decode()  # type: ignore[arg-type]
@@ -264,3 +271,60 @@ async def test_a_successor_loading_the_written_state_goes_on_as_the_first_owner(
         ca, cb = first.changes(), successor.changes()
         assert ca == cb
         write(redis_client, ca)
+
+
+async def test_housekeeping_in_memory_leaves_the_same_state_as_the_scripts(
+    aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
+) -> None:
+    """What housekeeping's scripts do to a shard in Redis (gaps.lua: lost entries; retire.lua:
+    idle series of capped metrics; forget_removals.lua: old gauge removal records), the owner
+    does in memory (``declare_lost``, ``retire_idle``, ``forget_removals``): the same batches,
+    with sequence numbers that never arrive and series that go idle, leave the same state."""
+    lim = limits(ttl=0.5)  # retired at the next look unless updated by the batch just applied
+    gauges = ["g1:0", "lg:0"]
+    v1, v2 = Keys(namespace + "-v1", SHARDS), Keys(namespace + "-v2", SHARDS)
+    redis_client.xgroup_create(v1.stream(0), GROUP, id="0", mkstream=True)
+    applier = ShardApplier(aclient, v1, 0, GROUP, "c1", lim, max_seq_jump=MAX_JUMP)
+    settings = AggregatorSettings(namespace=namespace + "-v1", shards=SHARDS, group=GROUP, consumer_name="c1")
+    keeper = Housekeeper(aclient, v1, 0, settings, lim, gauge_keys=gauges)
+    memory = ShardMemory(v2, 0, lim, max_seq_jump=MAX_JUMP)
+    work = Workload(redis_client, v1, seed=5, gaps=True)
+    lost = retired = forgotten = 0
+    try:
+        for k in range(40):
+            now = 1000.0 + k
+            work.batch()
+            pending, dead = await read(aclient, v1, work.dead_ids)
+            await applier.apply(pending, dead, work.build_delta, now)
+            memory.apply_batch(pending, dead, work.build_delta, now)
+            n = await keeper.detect_lost()
+            assert memory.declare_lost() == n
+            lost += n
+            if k % 5 == 4:
+                n = await retire_idle(aclient, v1, 0, lim, now + 0.25)
+                assert memory.retire_idle(now + 0.25) == n
+                retired += n
+                n = await keeper.forget_old_removals(99.5)
+                assert memory.forget_removals(gauges, 99.5) == n
+                forgotten += n
+            write(redis_client, memory.changes())
+        assert lost > 3 and retired > 3 and forgotten > 3, (lost, retired, forgotten)
+        v1_state, v2_state = state(redis_client, v1, ["p1", "p2", "p3"]), state(redis_client, v2, ["p1", "p2", "p3"])
+        assert v1_state["stats"]["lost_entries"] == lost and sum(v1_state["lost"].values()) == lost
+        assert_same(v1_state, v2_state)
+    finally:
+        redis_client.delete(*(k for k in redis_client.scan_iter(match=f"{namespace}-v*")))
+
+
+def test_a_gap_after_a_reset_counts_as_entries_before_it() -> None:
+    """A producer with no mark in a reset state: its first sequence number seen is not 1, and
+    the ones below were written before the reset, not lost (gaps.lua's rule)."""
+    memory = ShardMemory(Keys("lsmtest-reset", 1), 0, after_reset=True)
+    memory.record("p1", 4000, "1-0")
+    memory.record("p2", 1, "1-1")
+    memory.record("p2", 3, "1-2")
+    assert memory.declare_lost() == 1  # p2's seq 2; p1's 3,999 are entries before the reset
+    assert memory.stats == {"entries_before_reset": 3999, "lost_entries": 1}
+    assert memory.lost_by_producer == {"p2": 1}
+    assert (memory.producers["p1"].mark, memory.producers["p2"].mark) == (4000, 3)
+    assert memory.declare_lost() == 0
