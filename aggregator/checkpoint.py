@@ -63,11 +63,13 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class GroupPosition:
-    """Move a consumer group to the checkpoint's position (``XGROUP SETID ... ENTRIESREAD``),
-    so the group's lag and the trimming below it follow what is committed."""
+    """Move a consumer group to the checkpoint's position (``XGROUP SETID``, with
+    ``ENTRIESREAD`` when known), so the group's lag and the trimming below it follow what is
+    committed. Without ``entries_read`` Redis reports the lag as unknown until the group has
+    caught up with the stream."""
 
     group: str
-    entries_read: int
+    entries_read: int | None = None
 
 
 async def load(client: aioredis.Redis, keys: Keys, shard: int) -> Checkpoint:
@@ -130,9 +132,11 @@ async def commit(
             "number": str(done.number),
             "committed_at": repr(done.committed_at),
         }
-        setid = None
+        setid: tuple[Any, ...] | None = None
         if group is not None:
-            setid = ("XGROUP", "SETID", keys.stream(shard), group.group, position, "ENTRIESREAD", group.entries_read)
+            setid = ("XGROUP", "SETID", keys.stream(shard), group.group, position)
+            if group.entries_read is not None:
+                setid += ("ENTRIESREAD", group.entries_read)
         connection = getattr(pipe, "connection", None)
         if isinstance(connection, AsyncConnection):
             # One server: the transaction packed here (redis-py's Python encoder costs ~1.3 µs

@@ -39,6 +39,9 @@ class ShardStatus:
     stats: dict[str, int]
     #: On a Redis Cluster, the master serving the shard's slot (host:port); else None.
     node: str | None = None
+    #: The "owner" ingest: the aggregator holding the shard's lease, and its last checkpoint.
+    owner: str | None = None
+    checkpoint_age_seconds: float | None = None
 
 
 @dataclass
@@ -76,7 +79,7 @@ def _age_of_entry(entry_id: str, now: float) -> float:
     return max(0.0, now - int(entry_id.partition("-")[0]) / 1000)
 
 
-def _shard(client: redis.Redis, keys: Keys, shard: int, group: str, now: float) -> ShardStatus:
+def _shard(client: redis.Redis, keys: Keys, shard: int, group: str, now: float, owned: bool) -> ShardStatus:
     h = shard_health(client, keys, shard, group, now)
     stream = keys.stream(shard)
     last_delivered: str | None = None
@@ -91,6 +94,13 @@ def _shard(client: redis.Redis, keys: Keys, shard: int, group: str, now: float) 
         after: Any = client.xrange(stream, min="(" + last_delivered, count=1)
         if after:
             backlog_age = _age_of_entry(_text(after[0][0]), now)
+    owner: str | None = None
+    checkpoint_age: float | None = None
+    if owned:
+        holder = client.get(keys.shard_owner(shard))
+        owner = _text(holder).rsplit(":", 1)[0] if holder is not None else None
+        committed: Any = client.hget(keys.checkpoint(shard), "committed_at")
+        checkpoint_age = round(max(0.0, now - float(committed)), 3) if committed is not None else None
     return ShardStatus(
         shard=shard,
         stream_length=h.stream_length,
@@ -102,6 +112,8 @@ def _shard(client: redis.Redis, keys: Keys, shard: int, group: str, now: float) 
         consumers=h.consumers,
         stats=h.stats,
         node=node_of(client, stream),
+        owner=owner,
+        checkpoint_age_seconds=checkpoint_age,
     )
 
 
@@ -130,7 +142,8 @@ def collect(client: redis.Redis, settings: AggregatorSettings, max_age: float, n
     undelivered or pending entry may be) and warnings."""
     now = time.time() if now is None else now
     keys = settings.keys
-    shards = [_shard(client, keys, s, settings.group, now) for s in range(settings.shards)]
+    owned = settings.ingest == "owner"
+    shards = [_shard(client, keys, s, settings.group, now, owned) for s in range(settings.shards)]
     lease_key = exporter_lease_key(keys)
     holder = client.get(lease_key)
     ttl_ms = int(client.pttl(lease_key)) if holder is not None else -2
@@ -151,7 +164,7 @@ def collect(client: redis.Redis, settings: AggregatorSettings, max_age: float, n
         budget_last_success_age_seconds=round(now - max(successes), 3) if successes else None,
         producers=producers,
     )
-    _judge(status, max_age)
+    _judge(status, max_age, owned)
     if isinstance(client, RedisCluster):
         _judge_spread(status, client, keys)
     return status
@@ -172,7 +185,7 @@ def _judge_spread(status: Status, client: RedisCluster, keys: Keys) -> None:
         )
 
 
-def _judge(status: Status, max_age: float) -> None:
+def _judge(status: Status, max_age: float, owned: bool = False) -> None:
     for s in status.shards:
         where = f"shard {s.shard}"
         if not s.group_exists and s.stream_length:
@@ -183,7 +196,9 @@ def _judge(status: Status, max_age: float) -> None:
             status.problems.append(
                 f"{where}: an entry has been pending {s.oldest_pending_age_seconds:.0f} s (max {max_age:g})"
             )
-        if s.group_exists and s.consumers == 0:
+        if owned and s.owner is None:
+            status.problems.append(f"{where}: no aggregator owns the shard: its entries are not applied")
+        elif not owned and s.group_exists and s.consumers == 0:
             status.problems.append(f"{where}: the group has no consumers")
         dead = {k: v for k, v in s.stats.items() if k.startswith("dead_") and v}
         if dead:
@@ -232,8 +247,13 @@ def render(status: Status, settings: AggregatorSettings) -> str:
         where = f" on {s.node}" if s.node else ""
         lines.append(
             f"shard {s.shard}{where}: stream {s.stream_length:,} entries, backlog {backlog} "
-            f"(oldest {_seconds(s.backlog_age_seconds)}), pending {s.pending:,} "
-            f"(oldest {_seconds(s.oldest_pending_age_seconds)}), {s.consumers} consumer(s)"
+            f"(oldest {_seconds(s.backlog_age_seconds)}), "
+            + (
+                f"owner {s.owner or 'none'}, last checkpoint {_seconds(s.checkpoint_age_seconds)} ago"
+                if settings.ingest == "owner"
+                else f"pending {s.pending:,} (oldest {_seconds(s.oldest_pending_age_seconds)}), "
+                f"{s.consumers} consumer(s)"
+            )
         )
         lines.append(
             f"  applied {st.get('events_applied', 0):,} events in {st.get('entries_applied', 0):,} entries; "

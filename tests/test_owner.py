@@ -379,6 +379,18 @@ def test_the_owner_process_counts_lost_entries_and_a_killed_producers_events(
         wait_for(lambda: stats().get("events_lost_unclean_exit") == 30, 30, what=f"unclean exit ({agg.log()[-1500:]})")
         assert stats()["producer_exits_unclean"] == 1 and stats()["events_applied"] == 5
         assert "Traceback" not in agg.log()
+        # The consumer group follows the checkpoints: no lag, and status reads as for the group ingest.
+        (group,) = client.xinfo_groups(keys.stream(0))
+        assert group["last-delivered-id"] == client.xinfo_stream(keys.stream(0))["last-generated-id"]
+        env = {**os.environ, "LSM_REDIS_URL": redis_url, "LSM_NAMESPACE": namespace, "LSM_INGEST": "owner"}
+        command = [sys.executable, "-m", "aggregator", "status"]
+        report = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert "shard 0: stream" in report.stdout and "owner owner-keeper, last checkpoint" in report.stdout
+        assert "no problems" in report.stdout and report.returncode == 0, report.stdout
+        assert "lost_entries = 2" in report.stdout, report.stdout  # a warning, not a problem
+        agg.stop()
+        report = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert "shard 0: no aggregator owns the shard" in report.stdout and report.returncode == 1, report.stdout
     finally:
         if proc.poll() is None:
             proc.kill()
