@@ -29,8 +29,16 @@ they are applied and trimmed from the stream).
 ``--warmup-events 0`` measures the cold start on ``--events`` calls only. LiteLLM's
 ``PrometheusLogger`` processes some of the same calls in this process for the side-by-side rate.
 
-Latency: a producer thread writes at ``--rate`` events/s for ``--latency-seconds`` while the
-aggregator runs; for every applied entry we record (time applied - time the entry was built).
+Latency: a producer thread writes at ``--rate`` events/s (several rates: a comma-separated
+list) for ``--latency-seconds`` while the aggregator runs; for every applied entry we record
+(time applied - time the entry was built).
+
+``--ingest group,owner`` (the default) runs everything with both ingests side by side, in
+separate namespaces: ``group`` (the consumer group and the apply script, the default of
+``aggregator run``) and ``owner`` (``LSM_INGEST=owner``: one owner per shard, state in memory,
+fenced checkpoints every ``LSM_CHECKPOINT_INTERVAL``; an entry counts as applied when the
+checkpoint covering it is committed). An owner phase is timed from its first applied event, so
+the takeover's state load is left out (bench/owner_load_bench.py measures it).
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python bench/aggregator_bench.py [--events 50000] [--warmup-events N]
 """
@@ -63,7 +71,9 @@ from aggregator.connections import open_async
 from aggregator.consumer import ShardConsumer
 from aggregator.daemon import tune_gc
 from aggregator.engine import Engine
+from aggregator.lease import Lease
 from aggregator.litellm_config import MetricsConfig
+from aggregator.owner import Owners, ShardOwner, state_keys
 from aggregator.series_limits import build_limits
 from aggregator.settings import DEFAULT_MAX_SERIES_PER_METRIC, AggregatorSettings
 from producer.keys import Keys
@@ -156,6 +166,7 @@ async def apply_backlog(
     config: MetricsConfig,
     apply_max_events: int = 5_000,
     max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC,
+    ingest: str = "group",
 ) -> list[dict[str, float]]:
     """For each phase in turn: its calls through the real producer (untimed, the aggregator
     stopped), then the one aggregator (same engine, same consumer for every phase, so its caches
@@ -182,7 +193,11 @@ async def apply_backlog(
     encode = ShardApplier._encode
     ShardApplier._encode = split.timed("encode", encode)  # type: ignore[method-assign]
     sync = redis.Redis.from_url(redis_url)
-    stats_key = Keys(namespace).shard_stats(0)
+    keys = Keys(namespace)
+    stats_key = keys.shard_stats(0)
+    limits = build_limits(engine.schema, max_series_per_metric)
+    lease = Lease(client, keys.shard_owner(0), 3600.0, "bench")
+    owner: ShardOwner | None = None
     results: list[dict[str, float]] = []
     try:
         await consumer.ensure_group()
@@ -198,12 +213,30 @@ async def apply_backlog(
             for part in split.seconds:
                 split.seconds[part] = 0.0
             batches0 = consumer.counters.batches
+            stop = asyncio.Event()
+            if ingest == "owner":
+                assert await lease.acquire()
+                owner = ShardOwner(
+                    client,
+                    settings,
+                    0,
+                    lease,
+                    split.timed("engine", engine.build_delta),
+                    state_keys(engine.schema, keys, 0, limits),
+                    limits,
+                    settings.checkpoint_interval,
+                )
+                task = asyncio.create_task(owner.run(stop))
+                while owner.counters.entries_read == 0 and not task.done():
+                    await asyncio.sleep(0.002)  # the takeover's load is not timed
+                for part in split.seconds:
+                    split.seconds[part] = 0.0
             rcpu0 = _redis_cpu(sync)
             script0 = _script_seconds(sync)
             cpu0 = time.process_time()
             t0 = time.perf_counter()
-            stop = asyncio.Event()
-            task = asyncio.create_task(consumer.run(stop))
+            if ingest != "owner":
+                task = asyncio.create_task(consumer.run(stop))
             while True:
                 await asyncio.sleep(0.05)
                 applied = int(sync.hget(stats_key, "events_applied") or 0)
@@ -218,7 +251,11 @@ async def apply_backlog(
             stop.set()
             await task
             batches = consumer.counters.batches - batches0
-            await consumer.housekeeper.trim()
+            if owner is not None:
+                batches = owner.counters.checkpoints
+                await client.xtrim(keys.stream(0), minid=owner.position)
+            else:
+                await consumer.housekeeper.trim()
             series = _series_count(sync, namespace)
             mem = _namespace_memory(sync, namespace) - mem0
             plans, strings = len(getattr(engine, "_plans", ())), len(getattr(engine, "_series_cache", ()))
@@ -283,7 +320,7 @@ def litellm_rate(calls: list[pb.Call], end_users: bool) -> float:
 
 
 async def latency(
-    redis_url: str, namespace: str, calls: list[pb.Call], rate: float, seconds: float
+    redis_url: str, namespace: str, calls: list[pb.Call], rate: float, seconds: float, ingest: str = "group"
 ) -> dict[str, float]:
     """Producer at ``rate`` events/s in a thread; aggregator in this loop; per-entry latency."""
     import litellm
@@ -311,8 +348,36 @@ async def latency(
         return result
 
     ShardApplier.apply = timed_apply  # type: ignore[method-assign]
+    read_ids: list[str] = []
+    original_read, original_commit = ShardOwner._apply, ShardOwner._commit
+
+    def owner_read(self: ShardOwner, entries: Any) -> None:
+        original_read(self, entries)
+        read_ids.extend(_text(entry_id) for entry_id, _fields in entries)
+
+    async def owner_commit(self: ShardOwner, oversize: bool = False) -> None:
+        covered = len(read_ids)
+        await original_commit(self, oversize)
+        done = time.time()
+        samples.extend(done - _built_at(entry_id) for entry_id in read_ids[:covered])
+        del read_ids[:covered]
+
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
+    if ingest == "owner":
+        ShardOwner._apply = owner_read  # type: ignore[method-assign]
+        ShardOwner._commit = owner_commit  # type: ignore[method-assign]
+        limits = build_limits(engine.schema, DEFAULT_MAX_SERIES_PER_METRIC)
+        owners = Owners(
+            client,
+            settings,
+            engine.build_delta,
+            lambda shard: state_keys(engine.schema, settings.keys, shard, limits),
+            limits,
+            checkpoint_interval=settings.checkpoint_interval,
+        )
+        task = asyncio.create_task(owners.run(stop))
+    else:
+        task = asyncio.create_task(consumer.run(stop))
     total = int(rate * seconds)
 
     def produce_paced() -> None:
@@ -338,6 +403,7 @@ async def latency(
     stop.set()
     await task
     ShardApplier.apply = original  # type: ignore[method-assign]
+    ShardOwner._apply, ShardOwner._commit = original_read, original_commit  # type: ignore[method-assign]
     await client.aclose()
     sync.close()
     samples.sort()
@@ -347,6 +413,10 @@ async def latency(
         "p99_ms": 1000 * samples[min(len(samples) - 1, int(0.99 * len(samples)))],
         "max_ms": 1000 * samples[-1],
     }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _built_at(entry_id: str) -> float:
@@ -366,7 +436,8 @@ def main() -> int:
         "--events (the steady-state phase); default: as many as --events; 0: no warm-up, measure the cold start only",
     )
     p.add_argument("--litellm-events", type=int, default=5_000, help="calls fed to LiteLLM's logger (default 5000)")
-    p.add_argument("--rate", type=float, default=10_000, help="events/s for the latency run (default 10000)")
+    p.add_argument("--rate", default="10000", help="events/s of the latency runs, comma-separated (default 10000)")
+    p.add_argument("--ingest", default="group,owner", help="comma-separated: group, owner (default both)")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--skip-litellm", action="store_true")
@@ -401,84 +472,95 @@ def main() -> int:
     if not a.default_gc:
         tune_gc()
     phases = [("cold start", warm_calls), ("steady state", measured_calls)] if warmup else [("cold start", calls)]
-    rows: list[tuple[str, str, dict[str, float], float | None]] = []
+    ingests = a.ingest.split(",")
+    if not set(ingests) <= {"group", "owner"}:
+        p.error("--ingest: group, owner or both")
+    rows: list[tuple[str, str, str, dict[str, float], float | None]] = []
     for scenario in a.scenarios.split(","):
         worst = scenario == "worst"
         if worst:
             for i, (_ok, kwargs, *_rest) in enumerate(calls):
                 kwargs["litellm_params"]["user_api_key_end_user_id"] = f"end-user-{bench_id}-{i}"
-        ns = f"lsmbench-agg-{bench_id}-{scenario}"
-        try:
-            # The aggregator reads the same opt-in as the producer (without it, end_user is "None").
-            config = MetricsConfig.from_litellm_settings(
-                {"enable_end_user_cost_tracking_prometheus_only": True} if worst else {}
-            )
-            what = " then ".join(f"{name} ({len(c):,} calls)" for name, c in phases)
-            print(f"[{scenario}] producing and applying with one aggregator: {what} ...", file=sys.stderr)
-            results = asyncio.run(
-                apply_backlog(
-                    a.redis_url,
-                    ns,
-                    [c for _name, c in phases],
-                    worst,
-                    config,
-                    a.apply_max_events,
-                    a.max_series_per_metric,
-                )
-            )
-        finally:
-            _delete(sync, ns)
+        # The aggregator reads the same opt-in as the producer (without it, end_user is "None").
+        opt_in = {"enable_end_user_cost_tracking_prometheus_only": True} if worst else {}
+        config = MetricsConfig.from_litellm_settings(opt_in)
         lite = None
         if not a.skip_litellm:
             print(f"[{scenario}] LiteLLM's logger on {a.litellm_events:,} of the same calls ...", file=sys.stderr)
             lite = litellm_rate(calls[: a.litellm_events], worst)
-        rows.extend((scenario, name, result, lite) for (name, _c), result in zip(phases, results, strict=True))
+        for ingest in ingests:
+            ns = f"lsmbench-agg-{bench_id}-{scenario}-{ingest}"
+            try:
+                what = " then ".join(f"{name} ({len(c):,} calls)" for name, c in phases)
+                print(f"[{scenario}, {ingest}] producing and applying with one aggregator: {what} ...", file=sys.stderr)
+                results = asyncio.run(
+                    apply_backlog(
+                        a.redis_url,
+                        ns,
+                        [c for _name, c in phases],
+                        worst,
+                        config,
+                        a.apply_max_events,
+                        a.max_series_per_metric,
+                        ingest,
+                    )
+                )
+            finally:
+                _delete(sync, ns)
+            rows.extend((scenario, ingest, name, r, lite) for (name, _c), r in zip(phases, results, strict=True))
     for _ok, kwargs, *_rest in calls:
         kwargs["litellm_params"]["user_api_key_end_user_id"] = None
-    lat = None
-    if not a.skip_latency:
-        ns = f"lsmbench-agg-{bench_id}-latency"
-        try:
-            print(f"[latency] {a.rate:,.0f} events/s for {a.latency_seconds:g} s ...", file=sys.stderr)
-            lat = asyncio.run(latency(a.redis_url, ns, measured_calls, a.rate, a.latency_seconds))
-        finally:
-            _delete(sync, ns)
+    latencies: list[tuple[str, float, dict[str, float]]] = []
+    for rate in [] if a.skip_latency else [float(x) for x in a.rate.split(",")]:
+        for ingest in ingests:
+            ns = f"lsmbench-agg-{bench_id}-latency-{ingest}"
+            try:
+                print(f"[latency, {ingest}] {rate:,.0f} events/s for {a.latency_seconds:g} s ...", file=sys.stderr)
+                lat = asyncio.run(latency(a.redis_url, ns, measured_calls, rate, a.latency_seconds, ingest))
+                latencies.append((ingest, rate, lat))
+            finally:
+                _delete(sync, ns)
     if warmup:
         print(f"cold start: the first {warmup:,} events; steady state: {a.events:,} events after those.")
     else:
         print(f"cold start: {a.events:,} events, no warm-up.")
     print(
-        "| scenario | phase | events | aggregator events/s (one process) | aggregator CPU µs/event | "
+        "| scenario | ingest | phase | events | aggregator events/s (one process) | aggregator CPU µs/event | "
         "Redis CPU µs/event | series | new series | Redis bytes/new series | LiteLLM logger events/s (one core) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for scenario, phase, r, lite in rows:
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for scenario, ingest, phase, r, lite in rows:
         per_series = r["redis_bytes_per_series"]
         print(
-            f"| {scenario} | {phase} | {r['events']:,.0f} | {r['events_per_s']:,.0f} | {r['cpu_us_per_event']:.1f} | "
+            f"| {scenario} | {ingest} | {phase} | {r['events']:,.0f} | {r['events_per_s']:,.0f} | "
+            f"{r['cpu_us_per_event']:.1f} | "
             f"{r['redis_cpu_us_per_event']:.1f} | {r['series']:,.0f} | {r['new_series']:,.0f} | "
             f"{'-' if math.isnan(per_series) else f'{per_series:,.0f}'} | {'-' if lite is None else f'{lite:,.0f}'} |"
         )
     print()
     print(
-        "| scenario | phase | batches | engine µs/event | decode µs/event | encode µs/event "
-        "| rest of the process µs/event | Redis: apply script µs/event |"
+        "| scenario | ingest | phase | batches (owner: checkpoints) | engine µs/event | decode µs/event | "
+        "encode µs/event | rest of the process µs/event | Redis: apply script µs/event |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for scenario, phase, r, _lite in rows:
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for scenario, ingest, phase, r, _lite in rows:
         rest = r["cpu_us_per_event"] - r["engine_us_per_event"] - r["decode_us_per_event"] - r["encode_us_per_event"]
         print(
-            f"| {scenario} | {phase} | {r['batches']:,.0f} | {r['engine_us_per_event']:.1f} | "
+            f"| {scenario} | {ingest} | {phase} | {r['batches']:,.0f} | {r['engine_us_per_event']:.1f} | "
             f"{r['decode_us_per_event']:.1f} | {r['encode_us_per_event']:.1f} | {rest:.1f} | "
             f"{r['script_us_per_event']:.1f} |"
         )
-    if lat is not None:
+    if latencies:
         print()
-        print(
-            f"Write-to-applied latency at {a.rate:,.0f} events/s for {a.latency_seconds:g} s "
-            f"({lat['entries']:,.0f} entries): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
-            f"max {lat['max_ms']:.0f} ms"
-        )
+        print(f"Write-to-applied latency, {a.latency_seconds:g} s at each rate:")
+        print()
+        print("| ingest | events/s | entries | p50 | p99 | max |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for ingest, rate, lat in latencies:
+            print(
+                f"| {ingest} | {rate:,.0f} | {lat['entries']:,.0f} | {lat['p50_ms']:,.0f} ms | "
+                f"{lat['p99_ms']:,.0f} ms | {lat['max_ms']:,.0f} ms |"
+            )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nMachine: {os.cpu_count()} cores; load average at the end: {load}.")
     return 0
