@@ -673,6 +673,32 @@ def test_redis_killed_and_restarted_mid_run(aof_server: LocalServer, tmp_path: P
     assert produced["flush_errors"] > 0
 
 
+def test_owners_with_redis_killed_and_restarted_mid_run(aof_server: LocalServer, tmp_path: Path) -> None:
+    """The same run with the owner ingest (LSM_INGEST=owner): three processes, one owning the
+    shard and two spares, killed and restarted at random, and Redis (AOF, fsync always) killed
+    and restarted three times: every total exact (the state Redis kept is a consistent
+    checkpoint; the owners start again from it)."""
+    run = Run(
+        "owner-redis-restart",
+        aof_server,
+        _ns(),
+        events=200_000,
+        rate=25_000,
+        tmp=tmp_path,
+        min_kills=4,
+        redis_kills=3,
+        seed=4,
+        aggregator_env={"LSM_INGEST": "owner", "LSM_OWNER_LEASE_SECONDS": "2"},
+    )
+    produced = chaos_run(run)
+    stats = assert_exact(run, produced)
+    print(
+        f"[owner-redis-restart] {run.chaos.redis_restarts} redis restarts, {run.chaos.kills} owner kills, "
+        f"producer flush errors {produced['flush_errors']}, duplicate entries {stats.get('duplicate_entries', 0)}"
+    )
+    assert run.chaos.redis_restarts == 3 and produced["flush_errors"] > 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.test_aggregator_crash")
     sub = p.add_subparsers(dest="command", required=True)
