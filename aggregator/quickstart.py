@@ -24,7 +24,7 @@ import urllib.request
 
 import redis
 
-from aggregator.connections import open_url
+from aggregator.connections import open_sync
 from aggregator.daemon import Aggregator
 from aggregator.local_server import default_redis
 from aggregator.selfmetrics import producer_health, shard_health
@@ -91,10 +91,16 @@ READABLE_FAMILIES = (
 
 
 def _delete_namespace(client: redis.Redis, namespace: str) -> int:
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i : i + 500])
-    return len(keys)
+    """One key per command (on a Redis Cluster a namespace's keys live in many slots)."""
+    deleted = 0
+    pipe = client.pipeline(transaction=False)
+    for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+        pipe.unlink(key)
+        deleted += 1
+        if len(pipe) >= 500:
+            pipe.execute()
+    pipe.execute()
+    return deleted
 
 
 def _choose_namespace(client: redis.Redis, fresh: bool, clean: bool) -> str:
@@ -115,7 +121,8 @@ async def main_async(
     rate: float, seconds: float | None, interval: float, fresh: bool = False, clean: bool = False
 ) -> int:
     url, server = default_redis(say)
-    client = open_url(url)
+    # A client as the aggregator opens one (a Redis Cluster's URL gets a cluster client).
+    client = open_sync(AggregatorSettings.load({**os.environ, "LSM_REDIS_URL": url}))
     namespace = _choose_namespace(client, fresh, clean)
     env = {**os.environ, "LSM_REDIS_URL": url, "LSM_NAMESPACE": namespace, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     # Credentials for /metrics: the user's, else a fresh random token for this run.

@@ -6,6 +6,7 @@ of the script in the shard's slot: the client refuses a script whose keys span s
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -447,3 +448,24 @@ def test_the_shipped_users_run_the_pipeline_on_a_cluster_while_a_slot_moves(tmp_
             agg.stop()
             emitter.close(1)
             reader.close()
+
+
+def test_the_quick_start_runs_on_a_cluster(cluster: LocalCluster) -> None:
+    """``python -m aggregator.quickstart`` given a cluster node's URL: the producer (the traffic
+    generator) and the aggregator talk to the cluster, the quick start's own reads and its
+    clean-up too (a throwaway namespace's keys, spread over the masters, deleted at the end)."""
+    env = {**os.environ, "LSM_REDIS_URL": cluster.url, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env.pop("LSM_NAMESPACE", None)
+    command = [sys.executable, "-m", "aggregator.quickstart", "--seconds", "6", "--interval", "2", "--fresh"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in out, out[-3000:]
+    final = next(line for line in out.splitlines() if "final: events sent" in line)
+    sent, applied = (int(x.replace(",", "")) for x in re.findall(r"(?:sent|applied) ([\d,]+)", final))
+    assert sent > 0 and applied == sent, final
+    namespace = re.findall(r"keys of this run's namespace (\S+)", out)[-1]
+    reader = RedisCluster(host="127.0.0.1", port=cluster.masters[0].port)
+    try:
+        assert next(reader.scan_iter(match=f"{namespace}:*"), None) is None
+    finally:
+        reader.close()
