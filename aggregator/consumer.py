@@ -52,6 +52,7 @@ from aggregator.scripts import script
 from aggregator.series_limits import MetricLimits
 from aggregator.settings import AggregatorSettings
 from aggregator.state import Delta
+from producer.keys import Keys
 from producer.wire import F_DATA, F_PRODUCER, F_SEQ, PRODUCER_ID, WireError, decode_entry
 
 log = logging.getLogger("litellm_stream_metrics.aggregator")
@@ -96,6 +97,57 @@ class ConsumerCounters:
     errors: int = 0
 
 
+class ShardState:
+    """The shard's state record as this process knows it (``shard_state.lua``): makes sure the
+    stream, the consumer group and the record exist, and notices (and counts, once across
+    processes) a reset of the shard's state since this process last looked. Shared by both
+    ingests; an owner keeps it across its takeovers of the shard."""
+
+    def __init__(self, keys: Keys, shard: int, group: str, schemas: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.keys = keys
+        self.shard = shard
+        self.group = group
+        # metric key -> label names, recorded in the shard's ``schemas`` hash.
+        self.schemas = dict(schemas or {})
+        #: The state id this process works with, and the reset count it last saw.
+        self.state_id: str | None = None
+        self.resets = 0
+
+    async def ensure(self, client: aioredis.Redis) -> bool:
+        """Run the check; True when the state was reset since this process last looked."""
+        stream = self.keys.stream(self.shard)
+        keys = [stream, self.keys.shard_state(self.shard), self.keys.shard_stats(self.shard)]
+        args: list[str | int] = [self.group, self.state_id or "", uuid.uuid4().hex, self.resets, repr(time.time())]
+        reply: Any = await client.register_script(_SHARD_STATE)(keys=keys, args=args)
+        state_id, created, reset, counted, resets = _text(reply[0]), *(int(x) for x in reply[1:])
+        if reset and counted:
+            log.warning(
+                "shard %s: the shard's state in Redis was reset (Redis restarted empty or lost its data): "
+                "consumer group %s and sequence bookkeeping recreated, applying the %d entries now in the "
+                "stream; totals restart from zero and entries not applied before the reset are lost "
+                "(state resets so far: %d)",
+                self.shard,
+                self.group,
+                await client.xlen(stream),
+                resets,
+            )
+        elif reset:
+            log.info("shard %s: the shard's state was reset (already recorded by another aggregator)", self.shard)
+        elif created and self.state_id is not None:
+            log.warning("shard %s: consumer group %s was missing on %s: recreated", self.shard, self.group, stream)
+        elif created:
+            log.info("created consumer group %s on %s", self.group, stream)
+        if self.schemas and (state_id != self.state_id or created):
+            # The label names of every metric key this process writes, so readers can render
+            # series stored under an earlier label configuration too.
+            await client.hset(
+                self.keys.schemas(self.shard),
+                mapping={k: orjson.dumps(list(v)).decode() for k, v in self.schemas.items()},
+            )
+        self.state_id, self.resets = state_id, resets
+        return bool(reset)
+
+
 class ShardConsumer:
     def __init__(
         self,
@@ -122,16 +174,13 @@ class ShardConsumer:
             client, self.keys, shard, self.group, self.consumer, limits, max_seq_jump=settings.max_seq_jump
         )
         self._touch = client.register_script(_TOUCH)
-        self._shard_state = client.register_script(_SHARD_STATE)
+        self.state = ShardState(self.keys, shard, self.group, self.schemas)
         self.housekeeper = Housekeeper(client, self.keys, shard, settings, limits, gauge_keys)
         self.counters = ConsumerCounters()
         # The most events one entry held in the last batch (before the first: a producer's
         # default batch size), to read about settings.apply_max_events events at a time.
         self._events_per_entry = 500
         self.ready = False
-        # The shard state this process works with (shard_state.lua), and its reset count.
-        self.state_id: str | None = None
-        self.state_resets_seen = 0
         # Liveness (see stalled()): monotonic times of the last completed round or applied batch,
         # of the start of the current round (after a failure: when the next one is due), and of
         # the first failure since the last progress that did not come from Redis being
@@ -146,38 +195,8 @@ class ShardConsumer:
         stream's start, so entries written before the first aggregator ran (or, after a reset,
         before the group was recreated) are applied too. Counts and logs a reset of the shard's
         state since this process last looked."""
-        keys = [self.stream, self.keys.shard_state(self.shard), self.keys.shard_stats(self.shard)]
-        known = self.state_id or ""
-        args: list[str | int] = [self.group, known, uuid.uuid4().hex, self.state_resets_seen, repr(time.time())]
-        reply: Any = await self._shard_state(keys=keys, args=args)
-        state_id, created, reset, counted, resets = _text(reply[0]), *(int(x) for x in reply[1:])
-        if reset:
+        if await self.state.ensure(self.client):
             self.counters.state_resets += 1
-            if counted:
-                log.warning(
-                    "shard %s: the shard's state in Redis was reset (Redis restarted empty or lost its data): "
-                    "consumer group %s and sequence bookkeeping recreated, applying the %d entries now in the "
-                    "stream; totals restart from zero and entries not applied before the reset are lost "
-                    "(state resets so far: %d)",
-                    self.shard,
-                    self.group,
-                    await self.client.xlen(self.stream),
-                    resets,
-                )
-            else:
-                log.info("shard %s: the shard's state was reset (already recorded by another aggregator)", self.shard)
-        elif created and self.state_id is not None:
-            log.warning("shard %s: consumer group %s was missing on %s: recreated", self.shard, self.group, self.stream)
-        elif created:
-            log.info("created consumer group %s on %s", self.group, self.stream)
-        if self.schemas and (state_id != self.state_id or created):
-            # The label names of every metric key this process writes, so readers can render
-            # series stored under an earlier label configuration too.
-            await self.client.hset(
-                self.keys.schemas(self.shard),
-                mapping={k: orjson.dumps(list(v)).decode() for k, v in self.schemas.items()},
-            )
-        self.state_id, self.state_resets_seen = state_id, resets
         self.ready = True
 
     def stalled(self, timeout: float, now: float | None = None) -> str | None:

@@ -62,6 +62,7 @@ class Aggregator:
                 settings.owner_lease_seconds,
                 settings.checkpoint_interval,
                 gauge_mkeys=gauge_keys,
+                schemas=schemas,
             )
         else:
             self.consumers = [

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from aggregator import checkpoint as checkpoints
 from aggregator.apply import DeadEntry, PendingEntry
 from aggregator.checkpoint import Checkpoint, Fenced
-from aggregator.consumer import decode_batch
+from aggregator.consumer import ShardState, decode_batch
 from aggregator.housekeeping import Housekeeper
 from aggregator.lease import Lease
 from aggregator.ownership import ShardOwnership
@@ -88,10 +88,12 @@ class ShardOwner:
         checkpoint_interval: float = 0.25,
         max_fields: int = checkpoints.MAX_FIELDS,
         gauge_mkeys: Sequence[str] = (),
+        state: ShardState | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.gauge_mkeys = list(gauge_mkeys)
+        self.state = state or ShardState(settings.keys, shard, settings.group)
         self.keys = settings.keys
         self.shard = shard
         self.lease = lease
@@ -137,16 +139,15 @@ class ShardOwner:
         started = time.perf_counter()
         self.checkpoint = await checkpoints.load(self.client, self.keys, self.shard)
         self.position = self.checkpoint.position
-        # A state that was reset (Redis restarted empty) lets a producer without a mark go on
-        # at any sequence number, and counts its lower ones as before the reset.
-        resets: Any = await self.client.hget(self.keys.shard_stats(self.shard), "state_resets")
-        after_reset = float(resets or 0) > 0
+        # The stream, the consumer group (which follows the checkpoints: each moves it to its
+        # position, so lag, status and alerts read as with the group ingest) and the state record;
+        # a reset of the shard's state since this process last looked is noticed and counted.
+        await self.state.ensure(self.client)
+        # After a reset (Redis restarted empty) a producer without a mark may go on at any
+        # sequence number, and its lower ones count as written before the reset.
+        after_reset = self.state.resets > 0
         self.memory = ShardMemory(self.keys, self.shard, self.limits, self.settings.max_seq_jump, after_reset)
         fields = await self.memory.load(self.client, self.hash_keys)
-        # The consumer group follows the checkpoints (each moves it to its position), so the
-        # stream's lag, status and the alerts read the same way with either ingest.
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-            await self.client.xgroup_create(self.stream, self.settings.group, id=self.position, mkstream=True)
         self._dead = []
         self._changed = False
         log.info(
@@ -341,10 +342,13 @@ class Owners:
         checkpoint_interval: float = 0.25,
         max_fields: int = checkpoints.MAX_FIELDS,
         gauge_mkeys: Sequence[str] = (),
+        schemas: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.client = client
         self.max_fields = max_fields
         self.gauge_mkeys = list(gauge_mkeys)
+        # Per shard, the state record as this process knows it, kept across its ownerships.
+        self.states = {s: ShardState(settings.keys, s, settings.group, schemas) for s in range(settings.shards)}
         self.settings = settings
         self.build_delta = build_delta
         self.hash_keys = hash_keys
@@ -357,6 +361,13 @@ class Owners:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Learn every shard's state record first, owned or not: whichever process later takes a
+        # shard over then notices (and counts, once) a reset of its state since this start.
+        for state in self.states.values():
+            try:
+                await state.ensure(self.client)
+            except (RedisError, OSError) as exc:
+                log.warning("shard %d: cannot read the shard's state record yet: %s", state.shard, exc)
         await self.ownership.run(stop)
 
     async def _acquired(self, shard: int, lease: Lease) -> None:
@@ -371,6 +382,7 @@ class Owners:
             self.checkpoint_interval,
             self.max_fields,
             self.gauge_mkeys,
+            self.states[shard],
         )
         done = asyncio.Event()
         self.owners[shard] = owner

@@ -173,16 +173,19 @@ class Traffic:
         assert self.emitter.close(), self.emitter.counters
 
 
+@pytest.mark.parametrize("ingest", ["group", "owner"])
 def test_aggregators_recover_from_redis_restarted_empty(
-    private_server: LocalServer, fleet: list[AggregatorProcess], tmp_path: Path
+    private_server: LocalServer, fleet: list[AggregatorProcess], tmp_path: Path, ingest: str
 ) -> None:
+    """With either ingest (``owner``: one process owns the shard, the other is a spare)."""
     namespace = "lsmreset"
     keys = Keys(namespace)
     stream = keys.stream(0)
     client = redis.Redis.from_url(private_server.url, socket_timeout=5)
     for name in ("agg-a", "agg-b"):
         # A jump limit below the producer's sequence at the restart: going on there is not suspect.
-        fleet.append(AggregatorProcess(private_server.url, namespace, name, tmp_path, LSM_MAX_SEQ_JUMP="50"))
+        env = {"LSM_MAX_SEQ_JUMP": "50", "LSM_INGEST": ingest, "LSM_OWNER_LEASE_SECONDS": "2"}
+        fleet.append(AggregatorProcess(private_server.url, namespace, name, tmp_path, **env))
     traffic = Traffic(private_server.url, namespace)
     em = traffic.emitter
     try:
