@@ -127,13 +127,15 @@ def dead_letters_command(settings: AggregatorSettings, args: argparse.Namespace)
             )
         return 0
     except redis.RedisError as exc:
-        print(
-            safe_url(f"cannot reach Redis at {settings.redis_url}: {exc}", passwords_in(settings.redis_url)),
-            file=sys.stderr,
-        )
-        return 1
+        return _failed(settings, f"cannot reach Redis at {settings.redis_url}: {exc}", 1)
     finally:
         client.close()
+
+
+def _failed(settings: AggregatorSettings, message: str, code: int) -> int:
+    """Print ``message`` (the Redis URL's password masked) to stderr; return ``code``."""
+    print(safe_url(message, passwords_in(settings.redis_url)), file=sys.stderr)
+    return code
 
 
 def status_command(settings: AggregatorSettings, args: argparse.Namespace) -> int:
@@ -142,11 +144,7 @@ def status_command(settings: AggregatorSettings, args: argparse.Namespace) -> in
     try:
         report = status.collect(client, settings, max_age=args.max_age)
     except redis.RedisError as exc:
-        print(
-            safe_url(f"cannot reach Redis at {settings.redis_url}: {exc}", passwords_in(settings.redis_url)),
-            file=sys.stderr,
-        )
-        return 2
+        return _failed(settings, f"cannot reach Redis at {settings.redis_url}: {exc}", 2)
     finally:
         client.close()
     if args.json:
@@ -190,11 +188,7 @@ def spread_shards_command(settings: AggregatorSettings, args: argparse.Namespace
             print(f"{len(moves)} shard slot(s) moved; producers and aggregators follow the new slot map by themselves")
         return 0
     except (redis.RedisError, LookupError) as exc:
-        print(
-            safe_url(f"spread-shards failed on {settings.redis_url}: {exc}", passwords_in(settings.redis_url)),
-            file=sys.stderr,
-        )
-        return 1
+        return _failed(settings, f"spread-shards failed on {settings.redis_url}: {exc}", 1)
     finally:
         client.close()
 

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,57 @@ def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a live process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@dataclass
+class Measured:
+    """From the first applied event to the last: events, seconds, the aggregators' CPU seconds
+    and each Redis server's CPU seconds."""
+
+    events: int
+    wall: float
+    aggregator_cpu: float
+    redis_cpu: list[float]
+
+
+def measure(
+    procs: list[subprocess.Popen[bytes]],
+    applied: Callable[[], int],
+    total: int,
+    redis_cpu: Callable[[], list[float]],
+) -> Measured:
+    """Poll until ``total`` events are applied; the window starts at the first applied event,
+    so the processes' start-up is left out."""
+    first: tuple[float, int, float, list[float]] | None = None
+    deadline = time.monotonic() + 1800
+    while True:
+        done = applied()
+        now = time.perf_counter()
+        if first is None and done > 0:
+            first = (now, done, sum(_cpu_seconds(p.pid) for p in procs), redis_cpu())
+        if done >= total:
+            break
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit(f"an aggregator exited with {[p.returncode for p in procs]}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not applied after 30 minutes: {done:,}/{total:,}")
+        time.sleep(0.02)
+    assert first is not None
+    if done == first[1]:
+        raise SystemExit(f"all {done:,} events were applied in one step: too few to measure (raise --events)")
+    cpu = sum(_cpu_seconds(p.pid) for p in procs)
+    per_server = [b - a for a, b in zip(first[3], redis_cpu(), strict=True)]
+    return Measured(done - first[1], time.perf_counter() - first[0], cpu - first[2], per_server)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def run_one(url: str, calls: list[pb.Call], n: int, tag: str) -> dict[str, float]:
@@ -81,40 +134,17 @@ def run_one(url: str, calls: list[pb.Call], n: int, tag: str) -> dict[str, float
                     stdout=subprocess.DEVNULL,
                 )
             )
-        first: tuple[float, int, float, float] | None = None  # time, applied, aggregator CPU, Redis CPU
-        deadline = time.monotonic() + 1800
-        while True:
-            applied = int(sync.hget(stats_key, "events_applied") or 0)
-            now = time.perf_counter()
-            if first is None and applied > 0:
-                first = (now, applied, sum(_cpu_seconds(p.pid) for p in procs), _redis_cpu(sync))
-            if applied >= sent:
-                break
-            if any(p.poll() is not None for p in procs):
-                raise SystemExit(f"an aggregator exited with {[p.returncode for p in procs]}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"not applied after 30 minutes: {applied:,}/{sent:,}")
-            time.sleep(0.02)
-        end = (time.perf_counter(), applied, sum(_cpu_seconds(p.pid) for p in procs), _redis_cpu(sync))
-        assert first is not None
-        events = end[1] - first[1]
-        wall = end[0] - first[0]
+        m = measure(procs, lambda: int(sync.hget(stats_key, "events_applied") or 0), sent, lambda: [_redis_cpu(sync)])
         return {
             "processes": n,
-            "events": events,
-            "events_per_s": events / wall,
-            "aggregator_cpu_us": (end[2] - first[2]) * 1e6 / events,
-            "redis_cpu_us": (end[3] - first[3]) * 1e6 / events,
-            "redis_core_share": (end[3] - first[3]) / wall,
+            "events": m.events,
+            "events_per_s": m.events / m.wall,
+            "aggregator_cpu_us": m.aggregator_cpu * 1e6 / m.events,
+            "redis_cpu_us": sum(m.redis_cpu) * 1e6 / m.events,
+            "redis_core_share": sum(m.redis_cpu) / m.wall,
         }
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         _delete(sync, namespace)
         sync.close()
 
@@ -206,42 +236,18 @@ def run_cluster(masters: int, shards: int, calls: list[pb.Call], ingest: str) ->
             return sum(int(client.hget(keys.shard_stats(s), "events_applied") or 0) for s in range(shards))
 
         try:
-            first: tuple[float, int, float, list[float]] | None = None
-            deadline = time.monotonic() + 1800
-            while True:
-                done = applied()
-                now = time.perf_counter()
-                if first is None and done > 0:
-                    first = (now, done, sum(_cpu_seconds(p.pid) for p in procs), _masters_cpu(cluster))
-                if done >= total:
-                    break
-                if any(p.poll() is not None for p in procs):
-                    raise SystemExit(f"an aggregator exited with {[p.returncode for p in procs]}")
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"not applied after 30 minutes: {done:,}/{total:,}")
-                time.sleep(0.02)
-            end = (time.perf_counter(), done, sum(_cpu_seconds(p.pid) for p in procs), _masters_cpu(cluster))
-            assert first is not None
-            events = end[1] - first[1]
-            wall = end[0] - first[0]
-            per_master = [b - a for a, b in zip(first[3], end[3], strict=True)]
+            m = measure(procs, applied, total, lambda: _masters_cpu(cluster))
             return {
                 "masters": masters,
                 "shards": shards,
-                "events": events,
-                "events_per_s": events / wall,
-                "aggregator_cpu_us": (end[2] - first[2]) * 1e6 / events,
-                "redis_cpu_us": sum(per_master) * 1e6 / events,
-                "busiest_master_share": max(per_master) / wall,
+                "events": m.events,
+                "events_per_s": m.events / m.wall,
+                "aggregator_cpu_us": m.aggregator_cpu * 1e6 / m.events,
+                "redis_cpu_us": sum(m.redis_cpu) * 1e6 / m.events,
+                "busiest_master_share": max(m.redis_cpu) / m.wall,
             }
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs)
             client.close()
 
 

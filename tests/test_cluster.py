@@ -293,14 +293,20 @@ def test_a_shard_moves_to_another_master_while_traffic_flows(cluster: LocalClust
     emitter = Emitter(settings_for(cluster.url, namespace))
     agg = AggregatorProcess(cluster.url, namespace, "agg-reshard", tmp_path)
     slot = key_slot(b"{s0}")
-    n = 3000
+    migrated = threading.Event()
+    produced: list[int] = []
     try:
 
         def produce() -> None:
-            for i in range(n):
+            # Until the slot has moved, and 300 events after (they meet MOVED), paced.
+            i = after = 0
+            while after < 300:
                 assert emitter.offer(encode_event(synthetic_event(i)))
+                i += 1
+                after += migrated.is_set()
                 if i % 50 == 0:
-                    time.sleep(0.06)  # about 3.6 s of traffic: the migration happens within it
+                    time.sleep(0.06)
+            produced.append(i)
 
         writer = threading.Thread(target=produce)
         writer.start()
@@ -308,8 +314,10 @@ def test_a_shard_moves_to_another_master_while_traffic_flows(cluster: LocalClust
         source = cluster.master_of_slot(slot)
         target = next(m for m in cluster.masters if m is not source)
         cluster.move_slot(slot, target, keys_per_step=1, pause=0.05)
+        migrated.set()
         assert cluster.master_of_slot(slot) is target
         writer.join()
+        (n,) = produced
         assert emitter.close(10) and emitter.counters.sent == n
         # The producer did meet the migration (ASK or MOVED on its stream), and went on.
         assert emitter.counters.flush_errors > 0, emitter.counters
@@ -317,7 +325,11 @@ def test_a_shard_moves_to_another_master_while_traffic_flows(cluster: LocalClust
         def applied() -> int:
             return int(reader.hget(keys.shard_stats(0), "events_applied") or 0)
 
-        wait_for(lambda: applied() == n, 60, what=f"{n} events applied ({agg.log()[-1500:]})")
+        deadline = time.monotonic() + 60
+        while applied() != n:
+            stats = {k.decode(): v.decode() for k, v in reader.hgetall(keys.shard_stats(0)).items()}
+            assert time.monotonic() < deadline, f"{n} events produced, shard stats {stats}\n{agg.log()[-3000:]}"
+            time.sleep(0.05)
         engine = Engine(MetricsConfig.from_litellm_settings({}))
         families = read_families(reader, keys, engine.schema)  # type: ignore[arg-type]
         assert sum(families["litellm_requests_metric"].counters.values()) == n
