@@ -34,7 +34,7 @@ class LocalCluster:
         self.node_timeout_ms = node_timeout_ms
         self.nodes: list[LocalServer] = []
         for _ in range(masters * (1 + replicas)):
-            port = _cluster_port()
+            port = cluster_port()
             args = [
                 "--cluster-enabled",
                 "yes",
@@ -233,7 +233,7 @@ def _name(node: LocalServer) -> str:
     return f"127.0.0.1:{node.port}"
 
 
-def _cluster_port() -> int:
+def cluster_port() -> int:
     """A free port whose cluster bus port (+10000) is free too (so at most 55535)."""
     for _ in range(200):
         port = random.randrange(20000, 55535)

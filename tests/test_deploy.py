@@ -31,7 +31,8 @@ import yaml
 
 from aggregator.catalog_data import METRICS
 from aggregator.litellm_config import MetricsConfig
-from aggregator.local_server import find_server_binary, free_port
+from aggregator.local_cluster import cluster_port
+from aggregator.local_server import find_server_binary
 from aggregator.settings import AggregatorSettings
 from producer.settings import ProducerSettings
 from tests.support import prometheus_tool
@@ -731,13 +732,14 @@ def test_the_cluster_variant_of_compose_points_everything_at_the_cluster(tmp_pat
 
     # The node configuration starts a real server in cluster mode.
     conf = (DEPLOY / "redis" / "cluster-node.conf").read_text()
-    port = free_port()
+    port = cluster_port()  # its cluster bus listens on port + 10000
     data = tmp_path / "data"
     data.mkdir()
     proc = subprocess.Popen(
         [find_server_binary(), "-", "--port", str(port), "--dir", str(data), "--cluster-announce-hostname", "node-a"],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     assert proc.stdin is not None
     proc.stdin.write(conf.replace("port 6379", f"port {port}").replace("dir /data", f"dir {data}").encode())
@@ -750,7 +752,10 @@ def test_the_cluster_variant_of_compose_points_everything_at_the_cluster(tmp_pat
                 info: Any = client.info("cluster")
                 break
             except redis.ConnectionError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the node did not start"
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                    raise AssertionError(f"the node did not start (port {port}):\n{output[-2000:]}") from None
                 time.sleep(0.05)
         assert info["cluster_enabled"] == 1
         assert client.config_get("appendonly")["appendonly"] == "yes"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import gzip
 import ipaddress
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.daemon import Aggregator
@@ -276,9 +278,16 @@ async def test_readyz_names_no_key_or_namespace(
     try:
         await until(lambda: fetch(r.base + "/readyz")[0] == 200, what="ready")
         stream = Keys(namespace).stream(0)
+
+        def missing_then_fetch() -> tuple[int, dict[str, str], bytes] | None:
+            # The consumer recreates the group within milliseconds: remove it right before each look.
+            with contextlib.suppress(redis.ResponseError):
+                redis_client.xgroup_destroy(stream, "aggregators")
+            got = fetch(r.base + "/readyz")
+            return got if got[0] == 503 else None
+
         with caplog.at_level(logging.WARNING, logger="litellm_stream_metrics.aggregator"):
-            redis_client.xgroup_destroy(stream, "aggregators")
-            _, _, body = await until(lambda: (got := fetch(r.base + "/readyz"))[0] == 503 and got, what="not ready")
+            _, _, body = await until(missing_then_fetch, what="not ready")
         assert body == b"not ready: consumer group missing\n"
         assert namespace.encode() not in body and b"aggregators" not in body
         assert any(stream in rec.getMessage() and "aggregators" in rec.getMessage() for rec in caplog.records)
