@@ -147,6 +147,15 @@ class AggregatorSettings(BaseModel):
     # Removal records of deleted series are kept this long (they stop older writes from bringing
     # a deleted key back), then forgotten.
     budget_tombstone_seconds: float = Field(86400.0, ge=0)
+    # Spend reconciliation (aggregator/budgets/reconcile.py): each refresh compares the spend
+    # counted from events with each key's spend in the source. Event spend older than the flush
+    # delay that the source still lacks counts as missing there (LiteLLM batches its spend
+    # writes); a key whose difference exceeds the tolerance (USD) is drifted; at most
+    # reconcile_max_keys drifted keys are exported by name (the largest).
+    reconcile_spend: bool = True
+    reconcile_flush_delay_seconds: float = Field(120.0, ge=0)
+    reconcile_tolerance_usd: float = Field(0.01, ge=0)
+    reconcile_max_keys: int = Field(20, ge=0, le=10_000)
     # The "api" source: the proxy's base URL and its master key.
     litellm_api_base: str | None = None
     litellm_master_key: SecretStr | None = None

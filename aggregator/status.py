@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from aggregator.budgets.reconcile import SUMMARY_FIELD, Summary
 from aggregator.cluster_slots import ClusterView, crowded
 from aggregator.leadership import exporter_lease_key
 from aggregator.selfmetrics import ProducerHealth, producer_health, shard_health
@@ -64,6 +65,8 @@ class Status:
     exporter_lease_seconds_left: float | None
     budget_last_success_age_seconds: float | None
     producers: list[ProducerStatus]
+    #: The last spend reconciliation (aggregator/budgets/reconcile.py), if one ran.
+    reconciliation: Summary | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -163,6 +166,7 @@ def collect(client: redis.Redis, settings: AggregatorSettings, max_age: float, n
         exporter_lease_seconds_left=round(ttl_ms / 1000, 3) if ttl_ms > 0 else None,
         budget_last_success_age_seconds=round(now - max(successes), 3) if successes else None,
         producers=producers,
+        reconciliation=Summary.decode(budget_raw.get(SUMMARY_FIELD)),
     )
     _judge(status, max_age, owned)
     if isinstance(client, RedisCluster):
@@ -208,6 +212,17 @@ def _judge(status: Status, max_age: float, owned: bool = False) -> None:
                 status.warnings.append(f"{where}: {stat} = {s.stats[stat]:,}")
     if status.exporter is None:
         status.problems.append("no aggregator holds the exporter lease: nobody exports LiteLLM's series")
+    r = status.reconciliation
+    if r is not None and r.drifted:
+        largest = ", ".join(
+            f"{k.api_key_alias or k.hashed_api_key[:12]} (events lack {k.missing_in_events:.4f}, "
+            f"database lacks {k.missing_in_database:.4f})"
+            for k in r.top[:3]
+        )
+        status.warnings.append(
+            f"spend reconciliation: {r.drifted:,} key(s) differ from LiteLLM's database beyond the tolerance; "
+            f"largest: {largest} (docs/spend-reconciliation.md)"
+        )
     for p in status.producers:
         if p.events_dropped:
             status.warnings.append(f"producer {p.producer}: {p.events_dropped:,} events dropped")
@@ -241,6 +256,13 @@ def render(status: Status, settings: AggregatorSettings) -> str:
         lines.append("budget refresh: no success recorded")
     else:
         lines.append(f"budget refresh: last success {_seconds(status.budget_last_success_age_seconds)} ago")
+    r = status.reconciliation
+    if r is not None:
+        lines.append(
+            f"spend reconciliation: {r.keys:,} keys, {r.drifted:,} drifted; missing in events "
+            f"{r.missing_in_events_usd:.4f} USD, missing in the database {r.missing_in_database_usd:.4f} USD "
+            f"(keys read {_seconds(max(0.0, time.time() - r.at))} ago)"
+        )
     for s in status.shards:
         st = s.stats
         backlog = "unknown" if s.backlog is None else f"{s.backlog:,}"

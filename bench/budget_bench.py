@@ -13,6 +13,11 @@ pages, fenced writes, sweep) against a private Redis server:
 
 Peak memory: this process's peak RSS (``ru_maxrss``) over the refresh, minus the RSS before.
 
+Each run is made twice, side by side in two namespaces of the same Redis: without and with the
+spend reconciliation (``LSM_RECONCILE_SPEND``; aggregator/budgets/reconcile.py). For it, the spend
+counter holds what events of every key would have written: ``--series-per-key`` series per key
+(one per model), written into shard 0's counter hash as the apply path writes them.
+
     python bench/budget_bench.py --keys 10000 --teams 10000
     python bench/budget_bench.py --keys 1000000 --teams 10000
 """
@@ -38,6 +43,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from aggregator.budgets.jobs import BudgetJobs
+from aggregator.budgets.reconcile import SPEND_METRIC
 from aggregator.engine import Engine
 from aggregator.litellm_config import MetricsConfig
 from aggregator.local_server import LocalServer
@@ -92,6 +98,28 @@ def fill(url: str, keys: int, teams: int) -> None:
         conn.execute('ANALYZE "LiteLLM_VerificationToken"')
 
 
+def fill_events(url: str, namespace: str, schema: Any, keys: int, series_per_key: int) -> None:
+    """Spend counter series for every key, as the apply path stores them (shard 0)."""
+    import hashlib
+
+    from producer.keys import Keys
+
+    client = redis.Redis.from_url(url)
+    target = Keys(namespace).metric(0, "c", schema.metric_key(SPEND_METRIC))
+    batch: dict[str, float] = {}
+    for i in range(1, keys + 1):
+        token = hashlib.sha256(f"sk-{i}".encode()).hexdigest()
+        for m in range(series_per_key):
+            labels = {"hashed_api_key": token, "api_key_alias": f"key-{i}", "model": f"model-{m}"}
+            batch[schema.series(SPEND_METRIC, labels)] = (i % 1000) / 10.0 / series_per_key
+        if len(batch) >= 10_000:
+            client.hset(target, mapping=batch)  # type: ignore[arg-type]
+            batch = {}
+    if batch:
+        client.hset(target, mapping=batch)  # type: ignore[arg-type]
+    client.close()
+
+
 async def refresh(jobs: BudgetJobs) -> tuple[Any, float, float]:
     gc.collect()
     before = rss_mib()
@@ -104,6 +132,7 @@ async def main() -> None:
     p.add_argument("--keys", type=int, default=10_000)
     p.add_argument("--teams", type=int, default=10_000)
     p.add_argument("--page-size", type=int, default=1000)
+    p.add_argument("--series-per-key", type=int, default=3, help="spend counter series per key (default 3)")
     p.add_argument(
         "--admin-url", default=os.environ.get("LSM_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
@@ -117,36 +146,51 @@ async def main() -> None:
         url = create_database(args.admin_url, name)
         fill(url, args.keys, args.teams)
         print(f"database: {args.keys:,} keys, {args.teams:,} teams in {time.perf_counter() - t:.1f} s", flush=True)
-        settings = AggregatorSettings(
-            redis_url=server.url,
-            namespace="bench",
-            consumer_name="bench",
-            database_url=url,  # type: ignore[arg-type]
-            budget_page_size=args.page_size,
-            budget_refresh_interval_seconds=0.1,
-            budget_lease_seconds=60,
-            budget_source_timeout=300,
+        schema = Engine(MetricsConfig.from_litellm_settings({})).schema
+        runs: dict[str, BudgetJobs] = {}
+        for reconcile in (False, True):
+            namespace = f"bench-{'reconcile' if reconcile else 'plain'}"
+            settings = AggregatorSettings(
+                redis_url=server.url,
+                namespace=namespace,
+                consumer_name="bench",
+                database_url=url,  # type: ignore[arg-type]
+                budget_page_size=args.page_size,
+                budget_refresh_interval_seconds=0.1,
+                budget_lease_seconds=60,
+                budget_source_timeout=300,
+                reconcile_spend=reconcile,
+            )
+            fill_events(server.url, namespace, schema, args.keys, args.series_per_key)
+            runs["on" if reconcile else "off"] = BudgetJobs(settings, schema, CollectorRegistry(), client=client)
+        print(
+            f"spend counter: {args.keys * args.series_per_key:,} series "
+            f"({args.series_per_key} per key) in each namespace"
         )
-        jobs = BudgetJobs(
-            settings, Engine(MetricsConfig.from_litellm_settings({})).schema, CollectorRegistry(), client=client
-        )
-        print("| run | rows read | gauge writes | series removed | refresh s | rows/s ", end="")
+        print("| run | reconciliation | rows read | gauge writes | series removed | refresh s | rows/s ", end="")
         print("| RSS before MiB | peak RSS MiB | Redis used MiB |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for label in ("first", "steady", "deleted"):
             if label == "deleted":
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute('DELETE FROM "LiteLLM_VerificationToken" WHERE random() < 0.1')
-            await asyncio.sleep(0.06)
-            report, before, peak = await refresh(jobs)
-            assert report.outcome == "success", report
-            rows = sum(report.rows.values())
-            used = redis.Redis.from_url(server.url).info("memory")["used_memory"] / 2**20
-            print(
-                f"| {label} | {rows:,} | {report.writes.written:,} | {report.writes.removed:,} | {report.duration:.1f} "
-                f"| {rows / report.duration:,.0f} | {before:.0f} | {peak:.0f} | {used:.0f} |",
-                flush=True,
-            )
+            for mode, jobs in runs.items():
+                await asyncio.sleep(0.06)
+                report, before, peak = await refresh(jobs)
+                assert report.outcome == "success", report
+                rows = sum(report.rows.values())
+                used = redis.Redis.from_url(server.url).info("memory")["used_memory"] / 2**20
+                print(
+                    f"| {label} | {mode} | {rows:,} | {report.writes.written:,} | {report.writes.removed:,} "
+                    f"| {report.duration:.1f} | {rows / report.duration:,.0f} | {before:.0f} | {peak:.0f} "
+                    f"| {used:.0f} |",
+                    flush=True,
+                )
+        sync = redis.Redis.from_url(server.url)
+        records = runs["on"].keys.budget_reconcile()
+        usage = sync.memory_usage(records, samples=0) or 0
+        print(f"reconciliation records: {sync.hlen(records):,} keys, {usage / 2**20:.1f} MiB in Redis")
+        sync.close()
     finally:
         await client.aclose()
         server.close()

@@ -135,6 +135,10 @@ class Keys:
         """Hash of the budget refresh job's progress: last run, last success per entity kind."""
         return self._shard_key(0, "budget:status")
 
+    def budget_reconcile(self) -> str:
+        """Hash of the spend reconciliation's per-key baselines and snapshots."""
+        return self._shard_key(0, "budget:reconcile")
+
     def budget_writes(self) -> str:
         """Stream (bounded) of the budget refresh job's accepted writes: epoch, owner, kind."""
         return self._shard_key(0, "budget:writes")

@@ -39,6 +39,14 @@ from redis.exceptions import RedisError
 
 from aggregator.budgets.gauges import GaugeBuilder
 from aggregator.budgets.model import KINDS, BudgetSource, IncompleteListing, SourceError
+from aggregator.budgets.reconcile import (
+    SPEND_METRIC,
+    SUMMARY_FIELD,
+    ReconcileMetrics,
+    Reconciler,
+    Summary,
+    events_spend,
+)
 from aggregator.budgets.writer import Fenced, FencedWriter, WriteStats
 from aggregator.connections import open_async
 from aggregator.lease import Lease, LeaseLost
@@ -183,7 +191,13 @@ class BudgetJobs:
         self._running: asyncio.Task[RunReport] | None = None
         self._stopping = False
         self._last_success: dict[str, float] = {}
-        self.kinds = [k for k in KINDS if self.builder.enabled(k)]
+        #: Whether each refresh reconciles the keys' spend with the events' (needs the spend metric).
+        self.reconciling = settings.reconcile_spend and schema.metric_key(SPEND_METRIC) is not None
+        # Reconciling reads the keys even when their budget gauges are off (nothing is written then).
+        self.kinds = [k for k in KINDS if self.builder.enabled(k) or (k == "keys" and self.reconciling)]
+        self.reconcile_metrics = ReconcileMetrics(registry) if self.reconciling else None
+        #: The last reconciliation's summary (any process's, read from Redis).
+        self.reconciled: Summary | None = None
         self.status_kinds = self.kinds + (["counts"] if self.builder.counts_enabled() else [])
         for kind in self.status_kinds:
             self.metrics.staleness.labels(kind).set_function(lambda k=kind: self._staleness(k))
@@ -337,19 +351,47 @@ class BudgetJobs:
         raw = await self.client.hgetall(self.keys.budget_status())
         status: dict[str, float] = {}
         for k, v in raw.items():
+            name = k.decode() if isinstance(k, bytes) else k
+            if name == SUMMARY_FIELD:
+                self._reconciled(Summary.decode(v))
+                continue
             with contextlib.suppress(ValueError):
-                status[k.decode() if isinstance(k, bytes) else k] = float(v)
+                status[name] = float(v)
         for kind in self.status_kinds:
             t = status.get(f"{kind}:last_success")
             if t is not None:
                 self._last_success[kind] = t
         return status
 
+    def _reconciled(self, summary: Summary | None) -> None:
+        if summary is not None and self.reconcile_metrics is not None:
+            self.reconciled = summary
+            self.reconcile_metrics.update(summary)
+
+    async def _reconciler(self) -> Reconciler | None:
+        """A reconciliation for this run, the events' spend summed now (None: not reconciling)."""
+        if not self.reconciling:
+            return None
+        events = await events_spend(self._client(), self.keys, self.schema, self.settings.shards)
+        if events is None:
+            return None
+        s = self.settings
+        reconciler = Reconciler(
+            self._client(),
+            self.keys,
+            tolerance=s.reconcile_tolerance_usd,
+            flush_delay=s.reconcile_flush_delay_seconds,
+            max_keys=s.reconcile_max_keys,
+        )
+        await reconciler.start(events, await self._read_status(), time.time())
+        return reconciler
+
     async def _run(self, lease: Lease, report: RunReport) -> None:
         assert self.source is not None
         source = self.source
         run_started = time.time()
         writer = FencedWriter(self._client(), self.keys, self.owner)
+        reconciler = await self._reconciler()
         async with lease.keep_renewed(on_lost=lambda: self.metrics.lease_held.set(0)) as lost:
 
             def check() -> None:
@@ -369,7 +411,7 @@ class BudgetJobs:
             for kind in self.kinds:
                 check()
                 try:
-                    await self._refresh_kind(kind, source, writer, lease, report, check)
+                    await self._refresh_kind(kind, source, writer, lease, report, check, reconciler)
                 except IncompleteListing as exc:
                     failed += 1
                     report.errors[kind] = str(exc)
@@ -422,7 +464,11 @@ class BudgetJobs:
         lease: Lease,
         report: RunReport,
         check: Callable[[], None],
+        reconciler: Reconciler | None = None,
     ) -> None:
+        """Read one kind page by page, write its gauges, sweep what is gone (for the keys, also
+        reconcile their spend when ``reconciler`` is given)."""
+        reconciler = reconciler if kind == "keys" else None
         since: float | None = None
         rows = 0
         try:
@@ -432,6 +478,8 @@ class BudgetJobs:
                 stats = await writer.write(lease, kind, page.read_at, self.builder.row_ops(kind, page.rows))
                 report.writes.add(stats)
                 await self._count_truncations()
+                if reconciler is not None:
+                    await reconciler.page(page.rows, page.read_at)
                 rows += len(page.rows)
                 self.metrics.rows.labels(kind).inc(len(page.rows))
                 if stats.removed:
@@ -453,3 +501,15 @@ class BudgetJobs:
         if swept.removed:
             self.metrics.removed.labels(kind).inc(swept.removed)
         await writer.set_status(lease, kind, since, [f"{kind}:last_success", repr(since), f"{kind}:rows", str(rows)])
+        if reconciler is not None:
+            check()
+            await writer.set_status(lease, "reconcile", since, await reconciler.finish(time.time()))
+            self._reconciled(reconciler.summary)
+            summary = reconciler.summary
+            log.info(
+                "spend reconciliation: %d keys, %d drifted; missing in the database %.4f USD, in events %.4f USD",
+                summary.keys,
+                summary.drifted,
+                summary.missing_in_database_usd,
+                summary.missing_in_events_usd,
+            )

@@ -147,7 +147,7 @@ class FencedWriter:
         total = WriteStats()
         for mkey in mkeys:
             _, gt = self._gauge_keys(mkey)
-            async for batch in _hscan(self.client, gt):
+            async for batch in hscan(self.client, gt):
                 old = [(mkey, _text(f)) for f, v in batch if float(v) < since]
                 if old:
                     total.add(await self._call(lease, kind, since, sweep=old, gc_before=gc_before, audit=False))
@@ -159,7 +159,7 @@ class FencedWriter:
         g0, gt0 = self._gauge_keys(mkey)
         gk, gtk = self.keys.metric(shard, "g", mkey), self.keys.metric(shard, "gt", mkey)
         removed = 0
-        async for batch in _hscan(self.client, gk):
+        async for batch in hscan(self.client, gk):
             fields = [_text(f) for f, _ in batch]
             values = await self.client.hmget(g0, fields)
             times = await self.client.hmget(gt0, fields)
@@ -171,7 +171,7 @@ class FencedWriter:
         return removed
 
 
-async def _hscan(client: aioredis.Redis, key: str) -> AsyncIterator[list[tuple[Any, Any]]]:
+async def hscan(client: aioredis.Redis, key: str) -> AsyncIterator[list[tuple[Any, Any]]]:
     """HSCAN ``key`` in batches of (field, value) pairs."""
     cursor = 0
     while True:
