@@ -16,6 +16,7 @@ from aggregator.exporter import Exporter
 from aggregator.http_server import MetricsServer
 from aggregator.leadership import Leadership
 from aggregator.litellm_config import MetricsConfig
+from aggregator.otlp_push import OtlpPusher
 from aggregator.owner import Owners, state_keys
 from aggregator.series_limits import build_limits
 from aggregator.settings import AggregatorSettings
@@ -75,6 +76,9 @@ class Aggregator:
         self.leadership = Leadership(self.client, settings.keys, settings.consumer_name, settings.leader_lease_seconds)
         self.exporter = Exporter(settings, schema, self.consumers, self.leadership, self.owners)
         self.budgets = BudgetJobs(settings, schema, self.exporter.registry)
+        self.otlp: OtlpPusher | None = None
+        if settings.otlp_endpoint:
+            self.otlp = OtlpPusher(settings, schema, self.leadership, self.exporter.registry)
         # Bound now, so a taken port or missing credentials fail at start, not later.
         self.server = MetricsServer(settings, self.exporter) if serve_http else None
 
@@ -90,6 +94,7 @@ class Aggregator:
         if self.server is not None:
             self.server.start()  # logs where it listens
         leadership = asyncio.create_task(self.leadership.run(self.stop))
+        otlp = asyncio.create_task(self.otlp.run(self.stop)) if self.otlp is not None else None
         try:
             await self.budgets.start()
             if self.owners is not None:
@@ -99,6 +104,8 @@ class Aggregator:
         finally:
             self.stop.set()
             await self.budgets.stop()
+            if otlp is not None:
+                await otlp
             await leadership
             if self.server is not None:
                 self.server.close()

@@ -42,6 +42,20 @@ class AggregatorConfigError(ValueError):
     """Invalid aggregator settings; the message names the setting."""
 
 
+def parse_otlp_headers(raw: str | None) -> dict[str, str]:
+    """``key=value,key2=value2`` (the form of OTEL_EXPORTER_OTLP_HEADERS) -> dict. A malformed
+    part is named by its position only (the value may be a secret)."""
+    out: dict[str, str] = {}
+    for i, part in enumerate((raw or "").split(","), 1):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"otlp_headers: part {i} is not key=value")
+        out[name.strip()] = value.strip()
+    return out
+
+
 class AggregatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -156,9 +170,32 @@ class AggregatorSettings(BaseModel):
     reconcile_flush_delay_seconds: float = Field(120.0, ge=0)
     reconcile_tolerance_usd: float = Field(0.01, ge=0)
     reconcile_max_keys: int = Field(20, ge=0, le=10_000)
+    # OTLP push of the business series (aggregator/otlp_push.py): the OTLP/HTTP metrics endpoint
+    # (e.g. http://otel-collector:4318/v1/metrics; unset: no push), the seconds between pushes,
+    # the time limit of one request, and headers "key=value,key2=value2" (e.g. an API key).
+    otlp_endpoint: str | None = None
+    otlp_interval_seconds: float = Field(60.0, ge=0.1, le=86400)
+    otlp_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    otlp_headers: SecretStr | None = None
     # The "api" source: the proxy's base URL and its master key.
     litellm_api_base: str | None = None
     litellm_master_key: SecretStr | None = None
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            return None
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("an OTLP/HTTP URL, e.g. http://otel-collector:4318/v1/metrics")
+        return v
+
+    @field_validator("otlp_headers")
+    @classmethod
+    def _otlp_headers(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parse_otlp_headers(v.get_secret_value())
+        return v
 
     @field_validator("budget_source")
     @classmethod

@@ -135,6 +135,10 @@ class Keys:
         """Hash of the budget refresh job's progress: last run, last success per entity kind."""
         return self._shard_key(0, "budget:status")
 
+    def otlp_start(self) -> str:
+        """When the namespace's totals started (nanoseconds): the start time of OTLP's cumulative points."""
+        return self._shard_key(0, "otlp:start")
+
     def budget_reconcile(self) -> str:
         """Hash of the spend reconciliation's per-key baselines and snapshots."""
         return self._shard_key(0, "budget:reconcile")

@@ -796,7 +796,7 @@ def test_dockerfile_is_the_aggregator_image() -> None:
     assert get("FROM") == ["${BASE_IMAGE}"]
     assert json.loads(get("ENTRYPOINT")[-1]) == ["python", "-m", "aggregator", "run"]
     assert get("EXPOSE") == [str(AggregatorSettings().http_port)]
-    assert any('pip install ".[aggregator,database]"' in r for r in get("RUN"))
+    assert any('pip install ".[aggregator,database,otlp]"' in r for r in get("RUN"))
     assert get("USER")[-1].split(":")[0] != "0"
     # Everything COPY takes from the context is kept by the Dockerfile's own .dockerignore.
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()

@@ -114,10 +114,11 @@ class Prometheus:
 class Pods:
     """Aggregator processes with their HTTP ports."""
 
-    def __init__(self, url: str, namespace: str, tmp: Path, n: int = 3) -> None:
+    def __init__(self, url: str, namespace: str, tmp: Path, n: int = 3, env: dict[str, str] | None = None) -> None:
         self.url = url
         self.namespace = namespace
         self.tmp = tmp
+        self.extra_env = env or {}
         self.ports = [free_port() for _ in range(n)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for i, port in enumerate(self.ports):
@@ -138,6 +139,7 @@ class Pods:
             "LSM_CLAIM_INTERVAL": "0.5",
             "LSM_BLOCK_SECONDS": "0.2",
             "LSM_LOG_LEVEL": "INFO",
+            **self.extra_env,
         }
         with open(self.tmp / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
