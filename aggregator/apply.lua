@@ -19,7 +19,11 @@
 --        "p": [[index key index, cap or 0, overflow series, metric name], ...],   -- series limits
 --        "x": [[policy, "c", key index, series, amount],               -- updates of limited series
 --              [policy, "h", key index, series, n, n x (bucket, count), sum, count],
---              [policy, "g", value key index, time key index, series, t, value or ""], ...]}
+--              [policy, "g", value key index, time key index, series, t, value or ""], ...],
+--        "e": [exemplar key index, value key index, series, field suffix, exemplar, ...]}
+--       (exemplars: the newest trace of a counter or histogram series, "[trace id, value, t]";
+--       written only for a series that exists after the updates, so a series the cap sent to
+--       the overflow series takes none: at most one exemplar per series)
 --       where "series" is the number of a series string. A histogram series' fields are
 --       <series>\31b<bucket>, <series>\31s (sum) and <series>\31c (count).
 --
@@ -192,6 +196,14 @@ for _, op in ipairs(delta["x"] or {}) do
     else
       observe(op, 3, key, series)
     end
+  end
+end
+
+for k = 1, #(delta["e"] or {}), 5 do
+  local ex = delta["e"]
+  local series = ARGV[sbase + ex[k + 2]]
+  if redis.call("HEXISTS", KEYS[mbase + ex[k + 1]], series .. ex[k + 3]) == 1 then
+    redis.call("HSET", KEYS[mbase + ex[k]], series, ex[k + 4])
   end
 end
 

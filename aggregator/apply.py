@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from aggregator.scripts import script
 from aggregator.series_limits import MetricLimits
 from aggregator.settings import DEFAULT_MAX_SEQ_JUMP
-from aggregator.state import Delta, format_number
+from aggregator.state import HISTOGRAM_COUNT_SUFFIX, Delta, format_number
 from producer.keys import Keys
 
 _SCRIPT = script("apply.lua")
@@ -227,12 +227,30 @@ class ShardApplier:
                 capped.append([pol, "g", *op])
             else:
                 gauges += op
+        exemplars: list[str | int] = []
+        for (kind, mkey, series), (t, trace, value) in delta.exemplars.items():
+            exemplars += [
+                key_index("x", mkey),
+                key_index(kind, mkey),
+                ref(series),
+                "" if kind == "c" else HISTOGRAM_COUNT_SUFFIX,
+                orjson.dumps([trace, value, t]).decode(),
+            ]
         counts: list[str | int] = []
         for name, n in delta.stats.items():
             counts += [name, n]
         # cjson decodes an empty array as an (equally empty) object: both iterate as nothing.
         record_removals = 1 if k.shards > 1 else 0
-        document = {"i": incs, "h": hists, "g": gauges, "s": counts, "p": policies, "x": capped, "r": record_removals}
+        document = {
+            "i": incs,
+            "h": hists,
+            "g": gauges,
+            "s": counts,
+            "p": policies,
+            "x": capped,
+            "r": record_removals,
+            "e": exemplars,
+        }
         args.append(len(strings))
         args += strings  # in number order (dicts keep insertion order)
         args.append(orjson.dumps(document).decode())

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from aggregator.gc_pause import paused_gc
 from aggregator.litellm_config import MetricsConfig
 from aggregator.schema import (
+    EXEMPLAR_METRICS,
+    TRACE_ID,
     TRUNCATED_STAT,
     Labels,
     MetricSchema,
@@ -368,6 +370,8 @@ class _Plan:
     gauges: tuple[tuple[Key, int], ...]
     # The shard-stats fields to count per event: one per label truncated in the plan's series.
     truncated: tuple[str, ...] = ()
+    # (kind "c"/"h", delta key, value slot) of the series that take an exemplar.
+    exemplars: tuple[tuple[str, Key, int], ...] = ()
 
 
 class _Ops:
@@ -438,6 +442,7 @@ class Engine:
             [(set_name, name, slot) for name, set_name, slot in table if name in self._mkeys]
             for table in (_SUCCESS_COUNTERS, _SUCCESS_HISTOGRAMS, _SUCCESS_GAUGES)
         )
+        self._exemplar_mkeys = frozenset(self._mkeys[n] for n in EXEMPLAR_METRICS if n in self._mkeys)
         self._counter_slots = tuple(slot for _s, _name, slot in counters)
         self._histogram_slots = tuple(slot for _s, _name, slot in histograms)
         self._histogram_bounds = tuple(self._bounds[name] for _s, name, _slot in histograms)
@@ -489,6 +494,13 @@ class Engine:
                 if plan.truncated:
                     for stat in plan.truncated:
                         delta.count(stat)
+                if plan.exemplars:
+                    trace = event.get("trace_id")
+                    if trace is not None and type(trace) is str and TRACE_ID.fullmatch(trace):
+                        for kind_, (mkey, series), slot in plan.exemplars:
+                            value = values[slot]
+                            if value is not None:
+                                delta.exemplar(kind_, mkey, series, t, trace, value)
             else:
                 handler = self._handlers.get(kind) if isinstance(kind, str) else None
                 if handler is None:
@@ -797,6 +809,13 @@ class Engine:
                 for table, row, mkey in rows:
                     tables[table][row] = (mkey, series)
         counters, histograms, gauges = tables
+        ex = self._exemplar_mkeys
+        exemplars = tuple(
+            (kind, k, slot)
+            for kind, keys, slots in (("c", counters, self._counter_slots), ("h", histograms, self._histogram_slots))
+            for k, slot in zip(keys, slots, strict=True)
+            if k is not None and k[0] in ex
+        )
         return _Plan(
             tuple((k, slot) for k, slot in zip(counters, self._counter_slots, strict=True) if k is not None),
             tuple(
@@ -806,6 +825,7 @@ class Engine:
             ),
             tuple((k, slot) for k, slot in zip(gauges, self._gauge_slots, strict=True) if k is not None),
             tuple(f"{TRUNCATED_STAT}{name}" for name in sorted(truncated)),
+            exemplars,
         )
 
     def _shared_series(self, values: tuple[str, ...]) -> str:

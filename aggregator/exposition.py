@@ -42,7 +42,7 @@ import orjson
 import redis
 
 from aggregator.catalog import MetricDef
-from aggregator.schema import RESET_TIME_GAUGES, MetricSchema
+from aggregator.schema import EXEMPLAR_METRICS, RESET_TIME_GAUGES, TRACE_ID, MetricSchema
 from aggregator.textformat import (
     EOF,
     Format,
@@ -92,6 +92,8 @@ class MetricState:
     upper_bounds: tuple[float, ...]
     shards: tuple[dict[bytes, bytes], ...]
     times: tuple[dict[bytes, bytes], ...] | None = None
+    #: Each shard's ``x`` hash (exemplars), when read (OpenMetrics, a metric that has them).
+    exemplars: tuple[dict[bytes, bytes], ...] | None = None
 
 
 @dataclass
@@ -146,6 +148,7 @@ def iter_state(
     names: frozenset[str] | None = None,
     with_times: bool | None = None,
     max_fields: int | None = None,
+    exemplars: bool = False,
 ) -> Iterator[list[MetricState]]:
     """:func:`read_state` a few metrics at a time (pipelined round trips of at most
     ``PIPELINE_FIELDS`` fields), in registration order, so that a caller that renders each chunk
@@ -154,10 +157,11 @@ def iter_state(
     ``max_fields``: read at most this many hash fields in all. When the metrics hold more, the
     smallest are read while they fit and the others are left out whole (never half a metric):
     ``state.omitted`` (metric name -> its fields) says which. Sizes come from one HLEN round trip
-    before anything is read, so what is left out costs no memory."""
+    before anything is read, so what is left out costs no memory. ``exemplars``: also read the
+    exemplar hashes of the metrics that have them."""
     shards = keys.shards
     times = shards > 1 if with_times is None else with_times
-    plan: list[tuple[MetricDef, str, list[str], list[str]]] = []
+    plan: list[tuple[MetricDef, str, list[str], list[str], list[str]]] = []
     all_keys: list[str] = []
     for mdef in schema.config.metrics():
         mkey = schema.metric_key(mdef.name)
@@ -165,8 +169,11 @@ def iter_state(
             continue
         vkeys = [keys.metric(s, _kind_prefix(mdef), mkey) for s in range(shards)]
         tkeys = [keys.metric(s, "gt", mkey) for s in range(shards)] if times and mdef.kind == "gauge" else []
-        plan.append((mdef, mkey, vkeys, tkeys))
-        all_keys += vkeys + tkeys
+        xkeys = (
+            [keys.metric(s, "x", mkey) for s in range(shards)] if exemplars and mdef.name in EXEMPLAR_METRICS else []
+        )
+        plan.append((mdef, mkey, vkeys, tkeys, xkeys))
+        all_keys += vkeys + tkeys + xkeys
     if not plan:
         return
     pipe = client.pipeline(transaction=False)
@@ -174,7 +181,7 @@ def iter_state(
         pipe.hlen(k)
     sizes = dict(zip(all_keys, (int(n) for n in pipe.execute()), strict=True))
     state.round_trips += 1
-    per_metric = [sum(sizes[k] for k in vkeys + tkeys) for _m, _k, vkeys, tkeys in plan]
+    per_metric = [sum(sizes[k] for k in vkeys + tkeys + xkeys) for _m, _k, vkeys, tkeys, xkeys in plan]
     keep = range(len(plan))
     if max_fields is not None and sum(per_metric) > max_fields:
         kept: set[int] = set()
@@ -189,12 +196,14 @@ def iter_state(
                 state.omitted[plan[i][0].name] = per_metric[i]
         keep = sorted(kept)  # type: ignore[assignment]
 
-    chunk: list[tuple[MetricDef, str, list[str], list[str]]] = []
+    chunk: list[tuple[MetricDef, str, list[str], list[str], list[str]]] = []
     chunk_fields = 0
 
-    def fetch(part: list[tuple[MetricDef, str, list[str], list[str]]]) -> list[MetricState]:
+    def fetch(part: list[tuple[MetricDef, str, list[str], list[str], list[str]]]) -> list[MetricState]:
         out: dict[str, dict[bytes, bytes]] = {}
-        batch = [k for _m, _k, vkeys, tkeys in part for k in vkeys + tkeys if 0 < sizes[k] <= SCAN_THRESHOLD]
+        batch = [
+            k for _m, _k, vkeys, tkeys, xkeys in part for k in vkeys + tkeys + xkeys if 0 < sizes[k] <= SCAN_THRESHOLD
+        ]
         if batch:
             p = client.pipeline(transaction=False)
             for k in batch:
@@ -202,8 +211,8 @@ def iter_state(
             out.update(zip(batch, p.execute(), strict=True))
             state.round_trips += 1
         metrics = []
-        for mdef, mkey, vkeys, tkeys in part:
-            for k in vkeys + tkeys:
+        for mdef, mkey, vkeys, tkeys, xkeys in part:
+            for k in vkeys + tkeys + xkeys:
                 n = sizes[k]
                 state.fields += n
                 if n == 0:
@@ -218,13 +227,14 @@ def iter_state(
                     schema.upper_bounds(mdef.name),
                     tuple(out[k] for k in vkeys),
                     tuple(out[k] for k in tkeys) if tkeys else None,
+                    tuple(out[k] for k in xkeys) if xkeys else None,
                 )
             )
         return metrics
 
     for i in keep:
         entry = plan[i]
-        pipelined = sum(n for k in entry[2] + entry[3] if (n := sizes[k]) <= SCAN_THRESHOLD)
+        pipelined = sum(n for k in entry[2] + entry[3] + entry[4] if (n := sizes[k]) <= SCAN_THRESHOLD)
         if chunk and chunk_fields + pipelined > PIPELINE_FIELDS:
             yield fetch(chunk)
             chunk, chunk_fields = [], 0
@@ -329,6 +339,30 @@ def _part_index(nb: int) -> dict[bytes, int]:
 _COUNT_TEXT: dict[float, bytes] = {float(i): f"{go_float(float(i))}\n".encode() for i in range(4096)}
 
 
+def merged_exemplars(ms: MetricState) -> dict[bytes, tuple[str, float, float]]:
+    """Series -> (trace id, value, time) of its newest exemplar over the shards; unreadable ones
+    are left out."""
+    out: dict[bytes, tuple[str, float, float]] = {}
+    for shard in ms.exemplars or ():
+        for f, raw in shard.items():
+            try:
+                trace, value, t = orjson.loads(raw)
+                value, t = float(value), float(t)
+            except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
+                continue
+            if type(trace) is not str or not TRACE_ID.fullmatch(trace) or not math.isfinite(value + t):
+                continue
+            current = out.get(f)
+            if current is None or t >= current[2]:
+                out[f] = (trace, value, t)
+    return out
+
+
+def _exemplar_text(trace: str, value: float, t: float) -> bytes:
+    """The end of a sample line with an exemplar (OpenMetrics), newline included."""
+    return f' # {{trace_id="{trace}"}} {go_float(value)} {t:.3f}\n'.encode()
+
+
 def _float_text(v: float) -> bytes:
     return f"{go_float(v)}\n".encode()
 
@@ -429,7 +463,10 @@ class Exposition:
         :attr:`omitted`."""
         state = State()
         parts: list[bytes] = []
-        for chunk in iter_state(self.client, self.keys, self.schema, state, names, max_fields=max_fields):
+        exemplars = fmt == "openmetrics"  # the text format 0.0.4 has no exemplars
+        for chunk in iter_state(
+            self.client, self.keys, self.schema, state, names, max_fields=max_fields, exemplars=exemplars
+        ):
             parts += self._render_metrics(chunk, fmt, names, now)
         self.omitted = dict(state.omitted)
         for name in state.omitted:
@@ -468,8 +505,9 @@ class Exposition:
             room = self.label_cache_size - (self._cached - len(old))
             body: list[bytes] = []
             kind = ms.mdef.kind
+            ex = merged_exemplars(ms) if fmt == "openmetrics" and ms.exemplars else None
             if kind == "counter":
-                self._counter(ms, old, new, room, body)
+                self._counter(ms, old, new, room, body, ex)
                 rendered = len(body)  # one line per series
             elif kind == "gauge":
                 self._gauge(ms, old, new, room, body, now)
@@ -481,7 +519,7 @@ class Exposition:
                     names is None or fam + "_count" in names,
                     names is None or fam + "_sum" in names,
                 )
-                rendered = self._histogram(ms, ft, old, new, room, body, want)
+                rendered = self._histogram(ms, ft, old, new, room, body, want, ex)
             if names is None:
                 self.series_counts[ms.mdef.name] = rendered
             if not body and not ms.label_names:
@@ -497,7 +535,13 @@ class Exposition:
     # -- per kind -----------------------------------------------------------------------------
 
     def _counter(
-        self, ms: MetricState, old: dict[bytes, Any], new: dict[bytes, Any], room: int, out: list[bytes]
+        self,
+        ms: MetricState,
+        old: dict[bytes, Any],
+        new: dict[bytes, Any],
+        room: int,
+        out: list[bytes],
+        ex: dict[bytes, tuple[str, float, float]] | None = None,
     ) -> None:
         prefix = ms.mdef.family + "_total"
         values: dict[bytes, Any] = merged_counters(ms)
@@ -528,7 +572,10 @@ class Exposition:
                 if t is None:
                     skipped += 1
                     continue
-            append(h + t)
+            if ex and (e := ex.get(f)) is not None:
+                append(h + t[:-1] + _exemplar_text(*e))
+            else:
+                append(h + t)
         self.skipped += skipped
 
     def _gauge(
@@ -579,8 +626,10 @@ class Exposition:
         room: int,
         out: list[bytes],
         want: tuple[bool, bool, bool],
+        ex: dict[bytes, tuple[str, float, float]] | None = None,
     ) -> int:
-        """Renders the histogram's series; returns how many."""
+        """Renders the histogram's series; returns how many. An exemplar goes on the bucket its
+        value falls in."""
         want_bucket, want_count, want_sum = want
         groups = histogram_groups(ms)
         nb = len(ms.upper_bounds) + 1
@@ -603,7 +652,14 @@ class Exposition:
                 new[series] = h
             pre, post, count_head, sum_head = h
             acc = 0.0
-            if want_bucket:
+            e = ex.get(series) if ex else None
+            if want_bucket and e is not None:
+                at = bisect.bisect_left(ms.upper_bounds, e[1])  # the bucket the engine counted it in
+                for i in range(nb):
+                    acc += g[i]
+                    text = counts.get(acc) or of_float(acc)
+                    extend((pre, le[i], post, text[:-1] + _exemplar_text(*e) if i == at else text))
+            elif want_bucket:
                 for i in range(nb):
                     acc += g[i]
                     extend((pre, le[i], post, counts.get(acc) or of_float(acc)))

@@ -1,5 +1,6 @@
 -- Retire idle series of one limited metric, atomically (see series_limits.py).
--- KEYS: 1 index hash (series -> last update time), 2 value hash (c:, h: or g:), 3 gauge time hash
+-- KEYS: 1 index hash (series -> last update time), 2 value hash (c:, h: or g:), 3 gauge time hash,
+--       4 exemplar hash (x:; a retired counter or histogram series loses its exemplar)
 -- ARGV: kind (c|h|g), cutoff, now, overflow series, histogram parts..., "--", series...
 -- A series is retired only if it is still idle (its index time is below the cutoff): an update
 -- applied since the caller looked keeps it. Counter and histogram values move to the overflow
@@ -33,6 +34,7 @@ for k = i + 1, #ARGV do
     else
       if redis.call("HDEL", values, series) == 1 then redis.call("HSET", times, series, now) end
     end
+    if kind ~= "g" and KEYS[4] then redis.call("HDEL", KEYS[4], series) end
     redis.call("HDEL", index, series)
     retired = retired + 1
   end

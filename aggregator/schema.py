@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,22 @@ from aggregator.settings import DEFAULT_MAX_LABEL_VALUE_LENGTH
 from aggregator.state import encode_series, metric_key
 
 Labels = Mapping[str, Any]
+
+# The series that carry an exemplar (the trace id of their newest event that had one, with its
+# value), as the request counters and latency histograms of LiteLLM's dashboards need.
+EXEMPLAR_METRICS = frozenset(
+    {
+        "litellm_requests_metric",
+        "litellm_spend_metric",
+        "litellm_proxy_total_requests_metric",
+        "litellm_request_total_latency_metric",
+        "litellm_llm_api_latency_metric",
+        "litellm_llm_api_time_to_first_token_metric",
+    }
+)
+
+# A trace id as an exemplar carries it (OpenMetrics allows 128 characters of exemplar labels).
+TRACE_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
 
 # Stored instead of the "hours until reset" value: the reset time itself (seconds since the
 # epoch). Exposition turns it into hours from the current time, so the value is always current.

@@ -158,7 +158,12 @@ async def retire_idle(
                 idle = [f for f, t in page.items() if float(t) < cutoff]
                 if idle:
                     vkind = _VALUE_KIND[ml.kind]
-                    script_keys = [index, keys.metric(shard, vkind, ml.mkey), keys.metric(shard, "gt", ml.mkey)]
+                    script_keys = [
+                        index,
+                        keys.metric(shard, vkind, ml.mkey),
+                        keys.metric(shard, "gt", ml.mkey),
+                        keys.metric(shard, "x", ml.mkey),
+                    ]
                     args = [vkind, repr(cutoff), repr(now), ml.overflow, *ml.histogram_parts, "--", *idle]
                     retired += int(await script(keys=script_keys, args=args))
                 if int(cursor) == 0:

@@ -11,6 +11,8 @@ label values (``null`` for a missing value).
   (not cumulative), ``<series>\\x1fs`` -> sum, ``<series>\\x1fc`` -> count
 - gauge ``g:<metric key>``: field -> value; ``gt:<metric key>``: field -> event time of the
   last write or removal (a write older than that is ignored: last write wins by event time)
+- exemplar ``x:<metric key>`` (counters and histograms of ``schema.EXEMPLAR_METRICS``): series
+  -> ``[trace id, value, event time]`` (JSON) of the newest event that carried a trace id
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def decode_series(field_name: str | bytes) -> list[str | None]:
     return decoded
 
 
+#: The field suffix of a histogram series' count (its presence says the series exists).
+HISTOGRAM_COUNT_SUFFIX = f"{SEP}c"
+
+
 def histogram_field(series: str, part: str) -> str:
     return f"{series}{SEP}{part}"
 
@@ -79,6 +85,16 @@ class Delta:
     # Entry id -> events of that entry rejected (not applied): they count neither as applied
     # events in the shard's stats nor in the producer's applied total.
     rejected: dict[str, int] = field(default_factory=dict)
+    # (kind "c"/"h", metric key, series) -> (event time, trace id, value): the newest exemplar.
+    exemplars: dict[tuple[str, str, str], tuple[float, str, float]] = field(default_factory=dict)
+
+    def exemplar(self, kind: str, mkey: str, series: str, t: float, trace_id: str, value: float) -> None:
+        """The newest (by event time) exemplar of a counter (``kind`` "c") or histogram ("h")
+        series."""
+        k = (kind, mkey, series)
+        current = self.exemplars.get(k)
+        if current is None or t >= current[0]:
+            self.exemplars[k] = (t, trace_id, value)
 
     def inc(self, mkey: str, series: str, amount: float) -> None:
         k = (mkey, series)

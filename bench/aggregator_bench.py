@@ -117,6 +117,11 @@ def _series_count(client: redis.Redis, namespace: str) -> int:
     return total
 
 
+#: ``--exemplars``: the producers ship each request's trace id (every generated call has one), so the
+#: aggregator keeps exemplars.
+EXEMPLARS = False
+
+
 def produce(calls: list[pb.Call], redis_url: str, namespace: str, end_users: bool) -> int:
     """Feed the calls to the real producer; returns events sent."""
     import litellm
@@ -126,6 +131,7 @@ def produce(calls: list[pb.Call], redis_url: str, namespace: str, end_users: boo
     litellm.enable_end_user_cost_tracking_prometheus_only = True if end_users else None
     logger = StreamMetricsLogger(
         settings=ProducerSettings(redis_url=redis_url, namespace=namespace, buffer_max_events=10_000_000,
+                                  exemplars=EXEMPLARS,
                                   buffer_max_bytes=8 * 1024**3)
     )  # fmt: skip
 
@@ -328,7 +334,9 @@ async def latency(
     from producer.callback import StreamMetricsLogger
 
     litellm.enable_end_user_cost_tracking_prometheus_only = None
-    logger = StreamMetricsLogger(settings=ProducerSettings(redis_url=redis_url, namespace=namespace))
+    logger = StreamMetricsLogger(
+        settings=ProducerSettings(redis_url=redis_url, namespace=namespace, exemplars=EXEMPLARS)
+    )
     settings = AggregatorSettings(
         redis_url=redis_url, namespace=namespace, consumer_name="bench-lat", block_seconds=0.05
     )
@@ -446,6 +454,7 @@ def main() -> int:
     )
     p.add_argument("--scenarios", default="realistic,worst", help="comma-separated (default realistic,worst)")
     p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--exemplars", action="store_true", help="producers with LSM_EXEMPLARS on")
     p.add_argument(
         "--max-series-per-metric",
         type=int,
@@ -456,6 +465,8 @@ def main() -> int:
         "--default-gc", action="store_true", help="keep Python's GC thresholds (the daemon tunes them: tune_gc)"
     )
     a = p.parse_args()
+    global EXEMPLARS
+    EXEMPLARS = a.exemplars
     warmup = a.events if a.warmup_events is None else a.warmup_events
     if a.events < 1 or warmup < 0:
         p.error("--events must be >= 1 and --warmup-events >= 0")

@@ -410,7 +410,12 @@ def _litellm_params(dep: _Deployment, call_id: str, metadata: dict[str, Any], bo
         proxy_server_request={
             "url": "http://litellm-proxy:4000/chat/completions",
             "method": "POST",
-            "headers": {"content-type": "application/json", "user-agent": metadata["user_agent"]},
+            # A traced fleet: every request carries a W3C trace (what LSM_EXEMPLARS ships).
+            "headers": {
+                "content-type": "application/json",
+                "user-agent": metadata["user_agent"],
+                "traceparent": f"00-{hashlib.md5(call_id.encode()).hexdigest()}-00f067aa0ba902b7-01",
+            },
             "body": body,
         },
         rpm=None,
@@ -946,7 +951,9 @@ async def run_ours(inputs: Inputs, n: int, run: int, redis_url: str, namespace: 
     calls = inputs.calls[:n]
     client = redis.Redis.from_url(redis_url)
     try:
-        logger = StreamMetricsLogger(settings=ProducerSettings(redis_url=redis_url, namespace=namespace))
+        logger = StreamMetricsLogger(
+            settings=ProducerSettings(redis_url=redis_url, namespace=namespace, exemplars=EXEMPLARS)
+        )
         gc.collect()
         redis_cpu0 = _redis_cpu(client)
         feed = await _feed(logger, calls, warm)
@@ -1036,7 +1043,9 @@ async def profile_ours(inputs: Inputs, redis_url: str, namespace: str, top: int)
 
     client = redis.Redis.from_url(redis_url)
     try:
-        logger = StreamMetricsLogger(settings=ProducerSettings(redis_url=redis_url, namespace=namespace))
+        logger = StreamMetricsLogger(
+            settings=ProducerSettings(redis_url=redis_url, namespace=namespace, exemplars=EXEMPLARS)
+        )
         hook = logger.async_log_success_event
         success = [c for c in inputs.calls if c[0]]
         profiler = cProfile.Profile()
@@ -1185,6 +1194,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not read each call's inputs before its hook (inputs cold in memory; see _feed)",
     )
     p.add_argument(
+        "--exemplars",
+        action="store_true",
+        help="our logger with LSM_EXEMPLARS on (each success event carries the request's trace id)",
+    )
+    p.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -1199,7 +1213,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+#: ``--exemplars``: our logger ships each request's trace id (ProducerSettings.exemplars).
+EXEMPLARS = False
+
+
 async def amain(args: argparse.Namespace) -> int:
+    global EXEMPLARS
+    EXEMPLARS = args.exemplars
     t_begin = time.perf_counter()
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     import redis

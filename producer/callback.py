@@ -55,6 +55,7 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
         configure_logging(self.settings.log_level)
         self.emitter = emitter or Emitter(self.settings)
         self._extract_errors_logged = 0
+        self._exemplars = self.settings.exemplars
         # Inside the proxy: flush on its shutdown path too (a SIGTERM skips atexit).
         install_proxy_shutdown_hook(close_all)
         if self.settings.proxy_metrics_endpoint:
@@ -110,6 +111,8 @@ class StreamMetricsLogger(PrometheusLogger):  # type: ignore[misc]
             if event is None:
                 self.emitter.count_skipped()
                 return
+            if self._exemplars:
+                event[-1] = events.trace_id(kwargs)
             data = wire.encode_event(event)
         except Exception as exc:
             self._extract_failed(events.success_event, exc)

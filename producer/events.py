@@ -368,11 +368,45 @@ def success_event(
         zero_cost.get("reason") if type(zero_cost) is dict else None,
         mcp.get("name") if type(mcp) is dict else None,
         mcp.get("mcp_server_name") if type(mcp) is dict else None,
+        None,  # trace_id: set by the callback when exemplars are on (LSM_EXEMPLARS)
     ]
     key = event[2]
     if type(key) is str and key not in _KNOWN_HASHES and not is_hashed_key(key):
         event[2] = normalize_api_key(key, event[3])
     return event
+
+
+# W3C trace context: version-trace id-parent id-flags (version 00; later versions may append).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}(?:-.*)?")
+_NO_TRACE = "0" * 32
+
+
+def trace_id(kwargs: Mapping[str, Any]) -> str | None:
+    """The request's trace id, for exemplars: as LiteLLM's OpenTelemetry callback picks the
+    parent of its spans (the span in the request metadata, then the ``traceparent`` header),
+    else LiteLLM's own trace id of the call (the one its logging integrations use)."""
+    lp = kwargs.get("litellm_params") or _EMPTY
+    for name in ("metadata", "litellm_metadata"):
+        md = lp.get(name)
+        span = md.get("litellm_parent_otel_span") if type(md) is dict else None
+        if span is not None:
+            try:
+                ctx = span.get_span_context()
+                if ctx.is_valid:
+                    return format(ctx.trace_id, "032x")
+            except Exception:  # not an OpenTelemetry span after all
+                pass
+    psr = lp.get("proxy_server_request")
+    md = lp.get("metadata")
+    for headers in (psr.get("headers") if type(psr) is dict else None, md.get("headers") if type(md) is dict else None):
+        value = headers.get("traceparent") if type(headers) is dict else None
+        if type(value) is str:
+            m = _TRACEPARENT.fullmatch(value.strip().lower())
+            if m and m.group(1) != _NO_TRACE:
+                return m.group(1)
+    slp = kwargs.get("standard_logging_object")
+    tid = slp.get("trace_id") if type(slp) is dict else None
+    return tid if type(tid) is str and tid else None
 
 
 def _guardrail_overhead(slp: Mapping[str, Any]) -> float:

@@ -68,6 +68,10 @@ class ProducerSettings(BaseModel):
     # (events_unreplicated): what a failover of their master may lose (docs/operations.md).
     wait_replicas: int = Field(0, ge=0, le=16)
     wait_timeout: float = Field(0.5, gt=0, le=60)
+    # Ship each request's trace id with its success event, for the exemplars of the latency
+    # histograms and the request/spend counters (docs/exemplars.md): the OpenTelemetry span
+    # LiteLLM's otel callback made, else the W3C traceparent header, else LiteLLM's trace id.
+    exemplars: bool = False
     # Level of the producer's own log lines (start, shutdown, Redis errors) in the proxy's output.
     log_level: str = "INFO"
 

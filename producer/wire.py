@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 WIRE_MAJOR = 2
-WIRE_MINOR = 2
+WIRE_MINOR = 3
 #: Majors this reader decodes: 1.x entries (from producers before 2.0) are still read.
 READABLE_MAJORS = (1, 2)
 WIRE_VERSION = f"{WIRE_MAJOR}.{WIRE_MINOR}"
@@ -167,6 +167,8 @@ SUCCESS_FIELDS_V1 = (
     "zero_cost_reason",
     "mcp_tool",
     "mcp_server",
+    # 2.3: the request's trace id, for exemplars (sent only with LSM_EXEMPLARS; producer/events.py).
+    "trace_id",
 )
 _V1_LATENCIES = ("latency_total", "latency_api", "latency_ttft", "latency_queue", "latency_per_token_basis")
 _at = SUCCESS_FIELDS_V1.index("latency_total")

@@ -104,7 +104,13 @@ def sample(jobs: BudgetJobs, name: str, **labels: str) -> float:
 
 
 async def apply_events(
-    aclient: aioredis.Redis, namespace: str, engine: Engine, events: list[dict[str, Any]], shard: int = 0, seq: int = 1
+    aclient: aioredis.Redis,
+    namespace: str,
+    engine: Engine,
+    events: list[dict[str, Any]],
+    shard: int = 0,
+    seq: int = 1,
+    **applier: Any,
 ) -> None:
     """Through the real event path: a stream entry, the consumer group, the apply script."""
     keys = Keys(namespace, 2)
@@ -114,7 +120,9 @@ async def apply_events(
     await aclient.xadd(stream, entry_fields("p", seq, events))
     raw = await aclient.xreadgroup("g", "c", {stream: ">"})
     batch = [PendingEntry(eid.decode(), "p", seq, events) for eid, _ in raw[0][1]]
-    result = await ShardApplier(aclient, keys, shard, "g", "c").apply(batch, [], engine.build_delta, time.time())
+    result = await ShardApplier(aclient, keys, shard, "g", "c", **applier).apply(
+        batch, [], engine.build_delta, time.time()
+    )
     assert result.applied_entries == 1
 
 

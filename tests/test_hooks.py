@@ -206,6 +206,7 @@ async def test_acompletion_success_event(
     assert ev["client_ip"] == "10.1.2.3"
     assert ev["user_agent"] == "curl/8.5.0"
     assert ev.get("end_user") is None
+    assert ev["trace_id"] is None  # exemplars off (LSM_EXEMPLARS): no trace id shipped
     assert RAW_KEY not in json.dumps(ev)
     assert counters(logger) == {"accepted": 1, "skipped": 0, "extract_error": 0}
     # On the wire: one positional event, exactly as long as the declared field list.
@@ -252,6 +253,30 @@ async def test_acompletion_streaming_success_event(
     assert lat["ttft"] < lat["api"]
     assert_identity(ev)
     assert RAW_KEY not in json.dumps(ev)
+
+
+async def test_with_exemplars_on_the_success_event_carries_the_trace_id(
+    redis_url: str, redis_client: redis.Redis, namespace: str, litellm_state: None
+) -> None:
+    lg = StreamMetricsLogger(settings=settings_for(redis_url, namespace, exemplars=True))
+    litellm.callbacks = [lg]
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    try:
+        # LiteLLM's own trace id when the request carries no trace, else the W3C trace's.
+        await litellm.acompletion(
+            model=MODEL, messages=MESSAGES, mock_response="hi", metadata=dict(PROXY_METADATA), litellm_trace_id="t-1"
+        )
+        await litellm.acompletion(
+            model=MODEL,
+            messages=MESSAGES,
+            mock_response="hi",
+            metadata={**PROXY_METADATA, "headers": {"traceparent": traceparent}},
+        )
+        await wait_events(redis_client, namespace, kinds_at_least(success=2))
+        events = await finish(lg, redis_client, namespace)
+    finally:
+        lg.close()
+    assert sorted(e["trace_id"] for e in events) == ["4bf92f3577b34da6a3ce929d0e0e4736", "t-1"]
 
 
 # -- 2. failures through litellm.acompletion ----------------------------------------------------------

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def get(url: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, 
 
 
 class Prometheus:
-    def __init__(self, binary: str, tmp: Path, targets: list[str]) -> None:
+    def __init__(self, binary: str, tmp: Path, targets: list[str], flags: Sequence[str] = ()) -> None:
         shipped = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
         job = shipped["scrape_configs"][0]
         token_file = tmp / "token"
@@ -75,6 +75,7 @@ class Prometheus:
                 f"--storage.tsdb.path={tmp / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                *flags,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -47,6 +47,7 @@ def test_every_field_is_parsed_with_its_type() -> None:
         "LSM_PROXY_METRICS_ENDPOINT": "false",
         "LSM_WAIT_REPLICAS": "1",
         "LSM_WAIT_TIMEOUT": "0.75",
+        "LSM_EXEMPLARS": "true",
     }
     s = ProducerSettings.from_env(env)
     assert s == ProducerSettings(
@@ -72,6 +73,7 @@ def test_every_field_is_parsed_with_its_type() -> None:
         proxy_metrics_endpoint=False,
         wait_replicas=1,
         wait_timeout=0.75,
+        exemplars=True,
     )
     # Every field has a variable: the test covers them all.
     assert {f"LSM_{name.upper()}" for name in ProducerSettings.model_fields} == set(env)
