@@ -27,11 +27,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from aggregator.apply import DUPLICATE, NEW, SUSPECT, DeadEntry, PendingEntry
 from aggregator.series_limits import MetricLimits
-from aggregator.state import SEP, Delta, format_number
+from aggregator.state import HISTOGRAM_COUNT_SUFFIX, SEP, Delta, format_number
 from producer.keys import Keys
 
 
@@ -133,6 +134,10 @@ class ShardMemory:
         self.lost_by_producer: dict[str, int] = {}
         #: Producers with sequence numbers recorded above their mark (a gap below them).
         self._gapped: set[str] = set()
+        # Exemplars written since the last checkpoint (x hash -> series -> text) and removed
+        # (a retired series'). Never loaded: they are only ever overwritten or deleted.
+        self.exemplars: dict[str, dict[str, str]] = {}
+        self.exemplars_gone: dict[str, set[str]] = {}
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -292,6 +297,13 @@ class ShardMemory:
                 self._set_gauge(values, times, series, t, value)
             else:
                 self.count(f"series_dropped:{ml.name}")
+        for (kind, mkey, series), (t, trace, value) in delta.exemplars.items():
+            # apply.lua's rule: only for a series that exists (not one the cap overflowed).
+            name = series if kind == "c" else series + HISTOGRAM_COUNT_SUFFIX
+            if name in self._hash(metric(s, kind, mkey)).values:
+                xkey = metric(s, "x", mkey)
+                self.exemplars.setdefault(xkey, {})[series] = orjson.dumps([trace, value, t]).decode()
+                self.exemplars_gone.get(xkey, set()).discard(series)
         for stat, n in delta.stats.items():
             self.count(stat, n)
 
@@ -392,6 +404,9 @@ class ShardMemory:
             if value is not None:
                 values.delete(name)
                 values.add(overflow, value)
+        xkey = metric(self.shard, "x", ml.mkey)
+        self.exemplars.get(xkey, {}).pop(series, None)
+        self.exemplars_gone.setdefault(xkey, set()).add(series)
 
     def forget_removals(self, gauge_mkeys: Iterable[str], cutoff: float, at_most: int | None = None) -> int:
         """forget_removals.lua for an owner: a gauge's removal records (a time without a value)
@@ -415,6 +430,7 @@ class ShardMemory:
     def dirty_fields(self) -> int:
         """About how many fields the next :meth:`changes` writes (what bounds a checkpoint)."""
         fields = sum(len(h.dirty) + len(h.deleted) for h in self.hashes.values())
+        fields += sum(map(len, self.exemplars.values())) + sum(map(len, self.exemplars_gone.values()))
         fields += sum(len(p.added) + len(p.removed) + 1 for p in self.producers.values() if p.mark_dirty)
         return fields + len(self.stats) + len(self.applied_by_producer) + len(self.lost_by_producer)
 
@@ -428,6 +444,13 @@ class ShardMemory:
             if h.deleted:
                 out.hdel[key] = sorted(h.deleted)
                 h.deleted = set()
+        for key, texts in self.exemplars.items():
+            if texts:
+                out.hset.setdefault(key, {}).update(texts)
+        for key, gone in self.exemplars_gone.items():
+            if gone:
+                out.hdel[key] = sorted(gone)
+        self.exemplars, self.exemplars_gone = {}, {}
         hwm = self.keys.high_water_marks(self.shard)
         for pid, p in self.producers.items():
             if p.mark_dirty:

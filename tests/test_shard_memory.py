@@ -65,6 +65,9 @@ def entry_delta(rnd: random.Random, entry_id: str) -> Delta:
         for mkey in ("g1:0", "lg:0"):
             value = None if rnd.random() < 0.2 else rnd.choice([1.0, 7.5, -2.0])
             d.set_gauge(mkey, series(), float(rnd.randrange(100)), value)
+        # Exemplars: on series just updated, and on series that may not exist (overflowed).
+        for kind, mkey in (("c", "c1:0"), ("c", "lc:0"), ("h", "h1:0"), ("h", "lh:0")):
+            d.exemplar(kind, mkey, series(), float(rnd.randrange(100)), f"trace-{rnd.randrange(50)}", 0.5)
     d.count("events_applied_x", 1)
     if rnd.random() < 0.1:
         d.rejected[entry_id] = 1
@@ -90,6 +93,8 @@ def merged(deltas: Sequence[Delta]) -> Delta:
             cur_g = out.gauges.get(k)
             if cur_g is None or t >= cur_g[0]:
                 out.gauges[k] = (t, value)
+        for (kind, mkey, s), (t, trace, value) in d.exemplars.items():
+            out.exemplar(kind, mkey, s, t, trace, value)
         for stat, n in d.stats.items():
             out.count(stat, n)
         out.rejected.update(d.rejected)
@@ -100,6 +105,8 @@ def state(client: redis.Redis, keys: Keys, producers: Sequence[str]) -> dict[str
     out: dict[str, Any] = {}
     for kind, mkey in METRIC_HASHES:
         out[f"{kind}:{mkey}"] = {k.decode(): float(v) for k, v in client.hgetall(keys.metric(0, kind, mkey)).items()}
+    for mkey in ("c1:0", "lc:0", "h1:0", "lh:0"):
+        out[f"x:{mkey}"] = {k.decode(): v.decode() for k, v in client.hgetall(keys.metric(0, "x", mkey)).items()}
     for name, key in (
         ("hwm", keys.high_water_marks(0)),
         ("stats", keys.shard_stats(0)),
@@ -120,6 +127,9 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
         if isinstance(a[name], dict):
             assert a[name].keys() == b[name].keys(), name
             for f in a[name]:
+                if isinstance(a[name][f], str):  # an exemplar
+                    assert a[name][f] == b[name][f], (name, f)
+                    continue
                 # Redis adds floats in long double: the last bits may differ from Python's.
                 assert abs(a[name][f] - b[name][f]) <= 1e-12 * max(1.0, abs(a[name][f])), (name, f)
         else:
