@@ -20,10 +20,12 @@
 --        "x": [[policy, "c", key index, series, amount],               -- updates of limited series
 --              [policy, "h", key index, series, n, n x (bucket, count), sum, count],
 --              [policy, "g", value key index, time key index, series, t, value or ""], ...],
---        "e": [exemplar key index, value key index, series, field suffix, exemplar, ...]}
---       (exemplars: the newest trace of a counter or histogram series, "[trace id, value, t]";
---       written only for a series that exists after the updates, so a series the cap sent to
---       the overflow series takes none: at most one exemplar per series)
+--        "e": [[exemplar key index, series, exemplar, series, exemplar, ...], ...],
+--        "ec": [exemplar key index, value key index, series, field suffix, exemplar, ...]}
+--       (exemplars: the newest trace of a counter or histogram series, "[trace id, value, t]".
+--       "e" holds those of series updated without a cap, which exist after the updates; "ec"
+--       those of capped series, written only if the series exists (was admitted), so a series
+--       the cap sent to the overflow series takes none: at most one exemplar per series)
 --       where "series" is the number of a series string. A histogram series' fields are
 --       <series>\31b<bucket>, <series>\31s (sum) and <series>\31c (count).
 --
@@ -199,11 +201,22 @@ for _, op in ipairs(delta["x"] or {}) do
   end
 end
 
-for k = 1, #(delta["e"] or {}), 5 do
-  local ex = delta["e"]
-  local series = ARGV[sbase + ex[k + 2]]
-  if redis.call("HEXISTS", KEYS[mbase + ex[k + 1]], series .. ex[k + 3]) == 1 then
-    redis.call("HSET", KEYS[mbase + ex[k]], series, ex[k + 4])
+for _, op in ipairs(delta["e"] or {}) do
+  local key = KEYS[mbase + op[1]]
+  for first = 2, #op, 1000 do  -- at most 500 fields per HSET (Lua's unpack has a limit)
+    local fields = {}
+    for k = first, math.min(first + 999, #op), 2 do
+      fields[#fields + 1] = ARGV[sbase + op[k]]
+      fields[#fields + 1] = op[k + 1]
+    end
+    redis.call("HSET", key, unpack(fields))
+  end
+end
+local checked = delta["ec"] or {}
+for k = 1, #checked, 5 do
+  local series = ARGV[sbase + checked[k + 2]]
+  if redis.call("HEXISTS", KEYS[mbase + checked[k + 1]], series .. checked[k + 3]) == 1 then
+    redis.call("HSET", KEYS[mbase + checked[k]], series, checked[k + 4])
   end
 end
 

@@ -227,15 +227,17 @@ class ShardApplier:
                 capped.append([pol, "g", *op])
             else:
                 gauges += op
-        exemplars: list[str | int] = []
+        # Exemplars of series the batch updates without a cap exist after it: written as they
+        # are, several per HSET; those of capped series only if the series was admitted.
+        exemplars: dict[int, list[str | int]] = {}
+        checked: list[str | int] = []
         for (kind, mkey, series), (t, trace, value) in delta.exemplars.items():
-            exemplars += [
-                key_index("x", mkey),
-                key_index(kind, mkey),
-                ref(series),
-                "" if kind == "c" else HISTOGRAM_COUNT_SUFFIX,
-                orjson.dumps([trace, value, t]).decode(),
-            ]
+            text = orjson.dumps([trace, value, t]).decode()
+            if limits and limited(mkey, series):
+                suffix = "" if kind == "c" else HISTOGRAM_COUNT_SUFFIX
+                checked += [key_index("x", mkey), key_index(kind, mkey), ref(series), suffix, text]
+            else:
+                exemplars.setdefault(key_index("x", mkey), []).extend((ref(series), text))
         counts: list[str | int] = []
         for name, n in delta.stats.items():
             counts += [name, n]
@@ -249,7 +251,8 @@ class ShardApplier:
             "p": policies,
             "x": capped,
             "r": record_removals,
-            "e": exemplars,
+            "e": [[x, *fields] for x, fields in exemplars.items()],
+            "ec": checked,
         }
         args.append(len(strings))
         args += strings  # in number order (dicts keep insertion order)

@@ -118,6 +118,19 @@ async def test_the_newest_exemplar_of_each_series_in_openmetrics(
     assert b" # {" not in Exposition(redis_client, keys, engine.schema).render("text")
 
 
+async def test_a_batch_with_many_exemplars_of_one_metric(
+    aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
+) -> None:
+    """More exemplars of one metric than one HSET takes (the script writes them in parts)."""
+    engine = Engine(MetricsConfig.from_litellm_settings({}))
+    t = time.time()
+    batch = [success(t=t, user=f"user-{i}", trace_id=f"trace-{i}") for i in range(1200)]
+    await apply_events(aclient, namespace, engine, batch)
+    stored = redis_client.hgetall(Keys(namespace).metric(0, "x", engine.metric_key("litellm_requests_metric") or ""))
+    assert len(stored) == 1200
+    assert {json.loads(v)[0] for v in stored.values()} == {f"trace-{i}" for i in range(1200)}
+
+
 async def test_exemplars_stay_within_the_series_caps(
     aclient: aioredis.Redis, redis_client: redis.Redis, namespace: str
 ) -> None:
